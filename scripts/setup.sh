@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install lsmerge with its test extras.
+# torch is pinned first to the CPU build that this machine has on disk; elsewhere any
+# torch in lsmerge's range works (install your own build before running this).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${LSMERGE_VENV:-.venv}
+PY=${PYTHON:-python3}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q -e ".[dev]"
+echo "lsmerge installed in $VENV"

@@ -1,0 +1,168 @@
+"""`VAECodec`: the trained `WeightVAE` behind the `Codec` protocol (lsmerge.codecs.base).
+
+encode(name, W):  norm = (mean, std) of W;  x = normalise(W);  chunks (n, c) in the trained
+layout;  fixed windows of T chunks (as in training);  z = mu (n, latent_dim), logvar likewise.
+decode(name, latent): windows of z -> decoder -> chunks -> unchunk -> denormalise with
+`latent.norm` (merged statistics when the operator combined them).
+sample(name, W, n, temperature): n posterior draws z = mu + temperature * exp(logvar/2) * eps.
+
+Loading is pickle-free: the Lightning `.ckpt` is read with ``torch.load(weights_only=True)``
+(the hyper-parameters are plain dicts, lists, numbers and strings), the model is rebuilt
+from `hyper_parameters` and its `state_dict` loaded; no class is unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from lsmerge.codecs.base import TensorLatent
+from lsmerge.data import chunking
+from lsmerge.errors import LsMergeError
+from lsmerge.io.archmap import KINDS
+from lsmerge.models.weight_vae import WeightVAE
+
+_NOT_INIT_ARGS = ("_instantiator", "_class_path")
+
+
+def load_weight_vae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> WeightVAE:
+    """Rebuild a `WeightVAE` from a Lightning checkpoint with `torch.load(weights_only=True)`."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LsMergeError(f"VAE checkpoint {path} does not exist. Train one with `lsmerge fit --config configs/vae/<recipe>.yaml`.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means we refuse the file
+        raise LsMergeError(
+            f"{path} could not be read with torch.load(weights_only=True) ({type(e).__name__}). "
+            "Pass a checkpoint written by `lsmerge fit`."
+        ) from None
+    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise LsMergeError(f"{path} is not a weight-VAE checkpoint written by `lsmerge fit` (no hyper_parameters/state_dict).")
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in _NOT_INIT_ARGS}
+    model = WeightVAE(**hp)
+    model.load_state_dict(ckpt["state_dict"])
+    if "beta_curriculum" in ckpt:
+        model.curriculum.load_state_dict(ckpt["beta_curriculum"])
+    return model.eval()
+
+
+class VAECodec:
+    """A trained weight VAE as a `Codec`.
+
+    Args:
+        model: the trained `WeightVAE` (its hparams name the tensors it was trained on).
+        batch_windows: windows per forward pass when encoding / decoding a tensor.
+        device: where to run the model.
+    """
+
+    def __init__(self, model: WeightVAE, batch_windows: int = 256, device: str | torch.device = "cpu"):
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.batch_windows = batch_windows
+        hp = model.hparams
+        self.chunk_size, self.T = hp.chunk_size, hp.tokens_per_sample
+        self.layout, self.normalization, self.kappa = hp.layout, hp.normalization, hp.slog_kappa
+        self.family = hp.family
+        self.specs = {t["name"]: t for t in model.tensors}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kw) -> "VAECodec":
+        return cls(load_weight_vae(path), device=device, **kw)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    def covers(self, name: str) -> bool:
+        return name in self.specs
+
+    def check_model(self, model_type: str | None, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Raise LsMergeError naming every mismatch between the VAE's trained tensors and a model
+        (its `config.json` model_type and its {name: shape})."""
+        problems = []
+        if self.family and model_type and model_type != self.family:
+            problems.append(f"family {model_type!r} (the VAE was trained on {self.family!r})")
+        for name, spec in self.specs.items():
+            if name not in shapes:
+                problems.append(f"{name} missing")
+            elif list(shapes[name]) != list(spec["shape"]):
+                problems.append(f"{name} has shape {list(shapes[name])}, trained on {spec['shape']}")
+        if problems:
+            shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
+            raise LsMergeError(
+                f"the VAE was not trained on this model's tensors: {shown}. Fit a VAE on this model "
+                "(lsmerge fit with data.checkpoints pointing at it)."
+            )
+
+    def _spec(self, name: str, shape: tuple[int, ...] | None = None) -> dict:
+        spec = self.specs.get(name)
+        if spec is None:
+            raise LsMergeError(f"tensor {name} was not in the VAE's training selection; merge it in weight space or refit the VAE.")
+        if shape is not None and list(shape) != list(spec["shape"]):
+            raise LsMergeError(f"tensor {name} has shape {list(shape)}, but the VAE was trained on shape {spec['shape']}.")
+        return spec
+
+    def _conditioning(self, spec: dict, n_chunks: int) -> tuple[torch.Tensor, ...]:
+        """(lengths (W, T), chunk_index (W, T), layer (W,), kind (W,)) for the tensor's windows."""
+        lengths = chunking.chunk_lengths(spec["shape"], self.chunk_size, self.layout)
+        lengths_w, _ = chunking.to_windows(lengths[:, None].float(), self.T)
+        lengths_w = lengths_w[..., 0].long()
+        n_win = lengths_w.shape[0]
+        chunk_index = torch.arange(n_win * self.T).view(n_win, self.T)
+        layer = self.model.hparams.num_layers if spec["layer"] is None else spec["layer"]
+        layer = torch.full((n_win,), layer, dtype=torch.long)
+        kind = torch.full((n_win,), KINDS.index(spec["kind"]), dtype=torch.long)
+        return lengths_w, chunk_index, layer, kind
+
+    @torch.no_grad()
+    def _encode(self, name: str, weight: torch.Tensor) -> TensorLatent:
+        spec = self._spec(name, tuple(weight.shape))
+        chunks, _, norm = chunking.tensor_to_tokens(weight, self.chunk_size, self.layout, self.normalization, self.kappa)
+        n = chunks.shape[0]
+        windows, _ = chunking.to_windows(chunks, self.T)
+        lengths, chunk_index, layer, kind = self._conditioning(spec, n)
+        mus, logvars = [], []
+        for i in range(0, windows.shape[0], self.batch_windows):
+            s = slice(i, i + self.batch_windows)
+            mu, logvar = self.model.encode(
+                *(t.to(self.device) for t in (windows[s], lengths[s], layer[s], kind[s], chunk_index[s]))
+            )
+            mus.append(mu.float().cpu())
+            logvars.append(logvar.float().cpu())
+        z = chunking.from_windows(torch.cat(mus), n)
+        logvar = chunking.from_windows(torch.cat(logvars), n)
+        return TensorLatent(z=z, norm=norm.to(torch.float32), shape=tuple(weight.shape), logvar=logvar, extra={"name": name})
+
+    def encode(self, name: str, weight: torch.Tensor) -> TensorLatent:
+        """weight -> TensorLatent(z=(n_chunks, latent_dim) means, logvar, norm=(mean, std), shape)."""
+        return self._encode(name, weight)
+
+    @torch.no_grad()
+    def decode(self, name: str, latent: TensorLatent) -> torch.Tensor:
+        """TensorLatent -> float32 tensor of `latent.shape` (denormalised with `latent.norm`)."""
+        spec = self._spec(name, tuple(latent.shape))
+        n = latent.z.shape[0]
+        zw, _ = chunking.to_windows(latent.z.to(torch.float32), self.T)
+        lengths, chunk_index, layer, kind = self._conditioning(spec, n)
+        outs = []
+        for i in range(0, zw.shape[0], self.batch_windows):
+            s = slice(i, i + self.batch_windows)
+            xhat = self.model.decode(*(t.to(self.device) for t in (zw[s], lengths[s], layer[s], kind[s], chunk_index[s])))
+            outs.append(xhat.float().cpu())
+        chunks = chunking.from_windows(torch.cat(outs), n)
+        return chunking.tokens_to_tensor(chunks, latent.shape, latent.norm, self.layout, self.normalization, self.kappa)
+
+    def sample(self, name: str, weight: torch.Tensor, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> list[TensorLatent]:
+        """`n` posterior samples z = mu + temperature * exp(logvar / 2) * eps (eps ~ N(0, I))."""
+        base = self._encode(name, weight)
+        std = torch.exp(0.5 * base.logvar)
+        return [
+            base.with_z(base.z + temperature * std * torch.randn(base.z.shape, generator=generator)) for _ in range(n)
+        ]
+
+    def reconstruct(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """decode(encode(W)) in W's dtype."""
+        return self.decode(name, self.encode(name, weight)).to(weight.dtype)

@@ -1,0 +1,1 @@
+"""Weight tensors as training data: chunking (pure) and the Lightning DataModule."""

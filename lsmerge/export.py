@@ -1,0 +1,68 @@
+"""`lsmerge export`: a checkpoint with the VAE's tensors replaced by their reconstructions.
+
+For every tensor of `model`: when the VAE was trained on it (and `only` does not exclude
+it), write ``decode(encode(W))`` cast to W's dtype; otherwise copy W unchanged. Streams one
+tensor at a time through `CheckpointWriter` (atomic, sharded, config and tokenizer copied),
+so the output loads with `AutoModelForCausalLM.from_pretrained(out)`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from lsmerge.errors import LsMergeError
+
+
+def export(
+    *,
+    vae: str,
+    model: str,
+    out: str,
+    only: str | None = None,
+    device: str = "cpu",
+    max_shard_size: str = "2GB",
+    overwrite: bool = False,
+) -> str:
+    """Write MODEL with the tensors the VAE was trained on replaced by VAE reconstructions.
+
+    Args:
+        vae: the weight-VAE checkpoint (`.ckpt` written by `lsmerge fit`, e.g. checkpoints/vae/tiny/last.ckpt).
+        model: Hugging Face checkpoint folder whose tensors are reconstructed.
+        out: output folder (must not exist or be empty unless --overwrite true).
+        only: optional regex; reconstruct only trained tensors whose name matches it.
+        device: where the VAE runs (cpu, cuda).
+        max_shard_size: shard size of the output.
+        overwrite: replace a non-empty output folder.
+
+    Returns:
+        The output folder.
+    """
+    from lsmerge.codecs.vae import VAECodec
+    from lsmerge.io.archmap import ArchitectureMap
+    from lsmerge.io.store import open_checkpoint
+    from lsmerge.io.writer import CheckpointWriter, check_output_dir
+
+    store = open_checkpoint(model)
+    check_output_dir(out, [model], overwrite)
+    codec = VAECodec.from_checkpoint(vae, device=device)
+    model_type = ArchitectureMap.from_config(store.config).family.name if store.config else None
+    codec.check_model(model_type, {n: store.shape(n) for n in store.names})
+    try:
+        rx = re.compile(only) if only else None
+    except re.error as e:
+        raise LsMergeError(f"--only {only!r} is not a valid regex ({e}).") from None
+    selected = {n for n in codec.names if rx is None or rx.search(n)}
+    if not selected:
+        raise LsMergeError(f"--only {only!r} matches none of the VAE's {len(codec.names)} tensors; widen it.")
+    config = {"command": "export", "vae": str(vae), "model": str(model), "only": only}
+    replaced = 0
+    with CheckpointWriter(out, source=store.path, inputs=[store.path], max_shard_size=max_shard_size, overwrite=overwrite, config=config) as w:
+        for name, t in store.items():
+            if name in selected:
+                t = codec.reconstruct(name, t)
+                replaced += 1
+            w.add(name, t)
+    print(f"wrote {w.out} ({replaced} tensors reconstructed by the VAE, {len(store) - replaced} copied)")
+    return str(w.out)

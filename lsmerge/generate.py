@@ -1,0 +1,178 @@
+"""`lsmerge generate`: responses of a base model mixed with fine-tuned models' hidden states.
+
+Loads the checkpoints (local folders, safetensors), reads the prompts, runs
+`lsmerge.generation.DualModelGenerator` and prints the responses or writes them as JSONL, one
+object per prompt: {"index", "prompt", "response", "finish_reason", "num_prompt_tokens",
+"num_new_tokens", "operator", "mix_layer", "beta", "alpha", "tokens"}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from lsmerge.errors import LsMergeError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_causal_lm(path: str, dtype: str = "float32", device: str = "cpu"):
+    """A local Hugging Face causal LM in eval mode (safetensors only, no remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise LsMergeError(f"dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise LsMergeError(f"{path} is not a checkpoint folder (no config.json); give a Hugging Face model folder")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True, local_files_only=True)
+    return model.to(device).eval()
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise LsMergeError(f"no usable tokenizer in {path} ({e}); copy the tokenizer files into the folder") from None
+    return tok
+
+
+def read_prompts(prompts: str | list) -> list:
+    """Prompts from a list, a .txt file (one per non-empty line) or a .jsonl file ({"prompt": str}
+    or {"messages": [{"role", "content"}, ...]} per line)."""
+    if isinstance(prompts, list):
+        items = prompts
+    elif isinstance(prompts, str) and os.path.isfile(prompts):
+        with open(prompts, encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f if line.strip()]
+        if prompts.endswith(".jsonl"):
+            items = []
+            for k, line in enumerate(lines, 1):
+                obj = json.loads(line)
+                if "messages" in obj:
+                    items.append(obj["messages"])
+                elif "prompt" in obj:
+                    items.append(obj["prompt"])
+                else:
+                    raise LsMergeError(f"{prompts}:{k}: each JSONL line needs a 'prompt' or 'messages' field")
+        else:
+            items = lines
+    else:
+        raise LsMergeError(f"prompt file {prompts!r} not found; give a .txt / .jsonl file or a list of prompts")
+    if not items:
+        raise LsMergeError("the prompt set is empty")
+    return items
+
+
+def generate(
+    *,
+    base: str,
+    prompts: str | list[str],
+    fine_tuned: list[str] | None = None,
+    operator: str | None = "slerp",
+    mix_layer: int = 0,
+    beta: float = 0.5,
+    tokens: str = "last",
+    weights: list[float] | None = None,
+    steering_deltas: str | None = None,
+    steer_layers: list[int] | None = None,
+    alpha: float = 1.0,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    chat_template: bool = True,
+    dtype: str = "float32",
+    device: str = "cpu",
+    output: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Generate with hidden-state mixing (LERP / SLERP / mean) or task-vector steering.
+
+    Args:
+        base: base model checkpoint folder (its tokenizer and LM head are used).
+        prompts: a prompt file (.txt one per line, .jsonl with "prompt" or "messages") or a list.
+        fine_tuned: fine-tuned checkpoint folders (one for lerp / slerp, one or more for mean, none for steer).
+        operator: lerp | slerp | mean | steer, or null for the plain base model.
+        mix_layer: residual-stream index 0..N (L = input of decoder layer L; N = last layer output).
+        beta: mixing ratio in [0, 1] (0 = base, 1 = fine-tuned) for lerp / slerp / mean.
+        tokens: which positions are mixed: last | all | generated.
+        weights: per fine-tuned model weights for mean (default equal).
+        steering_deltas: .safetensors from `lsmerge steer` (operator steer).
+        steer_layers: layers to steer (default: mix_layer).
+        alpha: steering strength (operator steer).
+        max_new_tokens: most tokens generated per prompt.
+        temperature: 0 = greedy; > 0 samples.
+        top_p: nucleus mass kept when sampling.
+        seed: random seed for sampling.
+        batch_size: prompts per batch (left-padded).
+        chat_template: wrap plain prompts as a user message in the tokenizer's chat template.
+        dtype: float32 | bfloat16 | float16.
+        device: torch device.
+        output: JSONL file to write; null prints the responses.
+        overwrite: replace an existing output file.
+    """
+    from lsmerge.generation import DualModelGenerator
+    from lsmerge.merge.hidden import MixSpec
+    from lsmerge.steering import load_deltas
+
+    fine_tuned = list(fine_tuned or [])
+    if output and os.path.exists(output) and not overwrite:
+        raise LsMergeError(f"{output} exists; choose another output or set overwrite: true")
+    spec = None
+    if operator is not None:
+        spec = MixSpec(operator, mix_layer, beta, tokens, tuple(weights) if weights else None, alpha)
+        spec.check_sources(len(fine_tuned))
+    elif fine_tuned:
+        raise LsMergeError("fine_tuned models were given but operator is null; choose lerp, slerp or mean")
+    deltas = None
+    if spec is not None and spec.operator == "steer":
+        if not steering_deltas:
+            raise LsMergeError("operator steer needs steering_deltas: compute them with `lsmerge steer`")
+        deltas = load_deltas(steering_deltas)
+    prompt_list = read_prompts(prompts)
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer(base)
+    base_model = load_causal_lm(base, dtype, device)
+    sources = [load_causal_lm(p, dtype, device) for p in fine_tuned]
+    gen = DualModelGenerator(base_model, sources, spec, deltas=deltas, steer_layers=steer_layers, tokenizer=tokenizer)
+    results = gen.generate(
+        prompt_list,
+        chat_template=chat_template,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    rows = [
+        {
+            "index": r.index,
+            "prompt": r.prompt,
+            "response": r.text,
+            "finish_reason": r.finish_reason,
+            "num_prompt_tokens": r.num_prompt_tokens,
+            "num_new_tokens": len(r.token_ids),
+            "operator": operator,
+            "mix_layer": mix_layer if spec else None,
+            "beta": beta if spec and spec.operator != "steer" else None,
+            "alpha": alpha if spec and spec.operator == "steer" else None,
+            "tokens": tokens if spec else None,
+        }
+        for r in results
+    ]
+    if output:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        tmp = f"{output}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, output)
+        print(f"wrote {len(rows)} responses to {output}")
+    else:
+        for row in rows:
+            print(f"### [{row['index']}] {row['prompt']}\n{row['response']}\n")

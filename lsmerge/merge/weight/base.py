@@ -1,0 +1,138 @@
+"""The tiny interface every weight-space merge method implements, and the registry.
+
+A method is a class with a `name`, the parameters it reads (shared or one value per input
+model), how it treats a base model, and `merge(tensors, base, params, ctx)`: a pure function
+of tensors (no I/O). The executor resolves parameters per tensor and streams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+
+from lsmerge.errors import LsMergeError
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a method.
+
+    Args:
+        name: key in configs (`t`, `weight`, `density`, `lambda`, ...).
+        default: value when not given (`REQUIRED` when it must be given).
+        per_model: one value per input model (lists are per model) rather than shared (lists
+            are schedules over depth).
+        check: returns a problem description for a bad value, or None.
+    """
+
+    name: str
+    default: Any
+    per_model: bool = False
+    check: Callable[[Any], str | None] | None = None
+    doc: str = ""
+
+
+def in_unit_interval(v: Any) -> str | None:
+    return None if isinstance(v, (int, float)) and 0.0 <= v <= 1.0 else "must be a number in [0, 1]"
+
+
+def density_range(v: Any) -> str | None:
+    return None if isinstance(v, (int, float)) and 0.0 < v <= 1.0 else "must be a number in (0, 1]"
+
+
+def non_negative(v: Any) -> str | None:
+    return None if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 else "must be a finite number >= 0"
+
+
+def finite(v: Any) -> str | None:
+    return None if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else "must be a finite number"
+
+
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+@dataclass
+class TensorContext:
+    """What a method may know about the tensor in hand besides its values."""
+
+    name: str
+    seed: int = 0
+    grams: list[torch.Tensor] | None = None  # RegMean: one (in, in) Gram per model
+    extra: dict = field(default_factory=dict)
+
+
+class MergeMethod:
+    """Base class. `base` policy: 'required' (task vectors are taken against it; it may not
+    also be an input) or 'none' (the method merges its inputs; a base only supplies the
+    tensors left unselected)."""
+
+    name: ClassVar[str]
+    base: ClassVar[str] = "none"
+    min_models: ClassVar[int] = 1
+    max_models: ClassVar[int | None] = None
+    params: ClassVar[tuple[Param, ...]] = ()
+    needs_calibration: ClassVar[bool] = False
+    label_param: ClassVar[str | None] = None  # the parameter shown in auto output names
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def check_params(self, values: dict, where: str) -> None:
+        """Raise LsMergeError naming the tensor when a resolved value is out of range."""
+        for p in self.params:
+            v = values.get(p.name, REQUIRED)
+            if v is REQUIRED:
+                raise LsMergeError(f"{self.name}: parameter {p.name!r} is required ({where}). Set it under parameters.")
+            if p.check is None:
+                continue
+            for item in v if p.per_model else [v]:
+                problem = p.check(item)
+                if problem:
+                    raise LsMergeError(f"{self.name}: parameter {p.name}={item!r} {problem} ({where}). Fix it in the config.")
+        self.check_combination(values, where)
+
+    def check_combination(self, values: dict, where: str) -> None:
+        """Checks across parameters (override where needed)."""
+
+    def merge(self, tensors: Sequence[torch.Tensor], base: torch.Tensor | None, params: dict, ctx: TensorContext) -> torch.Tensor:
+        raise NotImplementedError
+
+
+METHODS: dict[str, MergeMethod] = {}
+
+
+def register(cls: type[MergeMethod]) -> type[MergeMethod]:
+    """Class decorator: make a method available by its `name`."""
+    if cls.name in METHODS:
+        raise ValueError(f"merge method {cls.name!r} registered twice")
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> MergeMethod:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise LsMergeError(f"unknown merge method {name!r}. Use one of: {', '.join(sorted(METHODS))}.") from None
+
+
+def tensor_seed(seed: int, name: str, model_index: int) -> int:
+    """A 63-bit seed derived from the config seed, the tensor name and the input's index
+    (sha256), so random methods give the same bytes for the same config on any device."""
+    digest = hashlib.sha256(f"{seed}\0{name}\0{model_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32

@@ -1,0 +1,237 @@
+"""`lsmerge merge-weights`: weight-space merges (native config or a mergekit recipe)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lsmerge.errors import LsMergeError
+from lsmerge.io.archmap import ArchitectureMap, expand_kinds
+from lsmerge.io.store import CheckpointStore, open_checkpoint
+from lsmerge.io.writer import check_output_dir
+from lsmerge.merge.weight.base import get_method
+from lsmerge.merge.weight.gram import Calibration, collect_grams
+from lsmerge.merge.weight.parameters import NativeParameters
+from lsmerge.merge.weight.plan import MergePlan, build_tasks, check_layers, provenance_json
+from lsmerge.merge.weight.selection import Selection
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODEL_ROOTS = ("checkpoints/base", "checkpoints/merged")
+
+
+def resolve_model(ref: str, extra_root: Path | None = None) -> Path:
+    """A path, or a name under checkpoints/base/ or checkpoints/merged/ (or beside a config file)."""
+    candidates = [Path(ref).expanduser()] + [Path(r) / ref for r in MODEL_ROOTS]
+    if extra_root is not None:
+        candidates.append(extra_root / ref)
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    avail = sorted(p.name for r in MODEL_ROOTS if Path(r).is_dir() for p in Path(r).iterdir() if p.is_dir())
+    raise LsMergeError(
+        f"unknown model {ref!r}: no such folder (also looked in {', '.join(MODEL_ROOTS)}). "
+        + (f"Available: {', '.join(avail)}." if avail else "Fetch or convert one first (lsmerge fetch / import-gguf).")
+    )
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def auto_name(models: list[Path], method: str, label: str, layers: list[int] | None, kinds: list[str] | None) -> str:
+    """e.g. `A_B_linear0.70_layers1-2-20_qkv`."""
+    name = "_".join(p.name for p in models) + f"_{method}{label}"
+    if layers:
+        name += "_layers" + "-".join(str(i) for i in layers)
+    if kinds:
+        name += "_" + "-".join(kinds)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:200]
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LsMergeError(f"device {device!r} asked for, but no CUDA GPU is available. Use --device cpu or auto.")
+    return device
+
+
+def _dtype(dtype: str | None) -> torch.dtype | None:
+    if dtype is None:
+        return None
+    if dtype not in DTYPES:
+        raise LsMergeError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def _open_all(paths: list[Path]) -> dict[Path, CheckpointStore]:
+    stores: dict[Path, CheckpointStore] = {}
+    for p in paths:
+        if p not in stores:
+            stores[p] = open_checkpoint(p)
+    return stores
+
+
+def merge_weights(
+    *,
+    models: list[str] | None = None,
+    base_model: str | None = None,
+    method: str = "linear",
+    parameters: dict | None = None,
+    per_kind: dict | None = None,
+    per_layer: dict | None = None,
+    per_tensor: dict | None = None,
+    layers: list[int] | None = None,
+    kinds: list[str] | None = None,
+    embeddings: str | None = None,
+    calibration: Calibration | None = None,
+    seed: int = 0,
+    out: str | None = None,
+    out_root: str = "checkpoints/merged",
+    dtype: str | None = None,
+    device: str = "auto",
+    max_shard_size: str = "2GB",
+    overwrite: bool = False,
+    progress: bool = True,
+    layer_pattern: str | None = None,
+    mergekit_config: str | None = None,
+) -> str:
+    """Merge checkpoints in weight space: linear, slerp, task_arithmetic, ties, dare_linear,
+    dare_ties, regmean; optionally only some layers or module kinds.
+
+    Args:
+        models: checkpoint folders (or names under checkpoints/base/) to merge. slerp: [t=0, t=1];
+            task-vector methods: the fine-tuned models (not the base).
+        base_model: the base: task vectors are taken against it (task_arithmetic, ties, dare_*),
+            and unselected tensors, config and tokenizer come from it (default: the first model).
+        method: linear | slerp | task_arithmetic | ties | dare_linear | dare_ties | regmean.
+        parameters: global parameters, e.g. {weight: [0.7, 0.3]}, {t: 0.5} or a schedule
+            {t: [0, 0.5, 1]}, {density: 0.5, lambda: 1.0}, {alpha: 0.9}. Lists of shared
+            parameters are schedules over depth; lists of weight / density are one per model.
+        per_kind: parameters per module kind or group, e.g. {attn: {t: 0.3}, mlp: {t: 0.7}}.
+        per_layer: parameters per layer index, e.g. {3: {t: 0.2}}.
+        per_tensor: parameters per tensor-name regex, e.g. {'q_proj': {t: 0.1}}.
+        layers: merge only these decoder layers (others from the base).
+        kinds: merge only these module kinds or groups (qkv, attn, mlp, norm, attn_q, ...).
+        embeddings: 'merge' or 'base' for embeddings and lm_head (default: merge on a full
+            merge, base when layers or kinds are given).
+        calibration: calibration text for regmean (files / texts / max_tokens / seq_len / batch_size).
+        seed: seed of DARE's random drop (per tensor: sha256 of seed, tensor name, model index).
+        out: output folder (default: auto-named under out_root from inputs and parameters).
+        out_root: where auto-named outputs go.
+        dtype: output dtype float32 | bfloat16 | float16 (default: each tensor's base dtype).
+            Arithmetic is float32 regardless (float64 for the RegMean solve).
+        device: cpu | cuda | auto (cuda when present).
+        max_shard_size: output shard size, e.g. 2GB.
+        overwrite: replace a non-empty output folder.
+        progress: show a progress bar (tensors, MB/s read).
+        layer_pattern: regex with a (?P<layer>\\d+) group for architectures lsmerge does not know.
+        mergekit_config: a mergekit YAML recipe; replaces models / base_model / method / parameters.
+    Returns: the output folder.
+    """
+    dev = _device(device)
+    out_dtype = _dtype(dtype)
+    given = dict(models=models, base_model=base_model, method=method, parameters=parameters, per_kind=per_kind,
+                 per_layer=per_layer, per_tensor=per_tensor, layers=layers, kinds=kinds, embeddings=embeddings,
+                 calibration=vars(calibration) if calibration else None, seed=seed, dtype=dtype,
+                 max_shard_size=max_shard_size, layer_pattern=layer_pattern)
+    if mergekit_config:
+        return _merge_mergekit(mergekit_config, out, out_root, dev, dtype, max_shard_size, overwrite, progress, layer_pattern, seed)
+
+    meth = get_method(method)
+    if not models:
+        raise LsMergeError("no models given: set models: [A, B, ...].")
+    model_paths = [resolve_model(m) for m in models]
+    base_path = resolve_model(base_model) if base_model else None
+    if len(set(model_paths)) != len(model_paths):
+        raise LsMergeError(f"a model is listed twice in models ({[str(p) for p in model_paths]}); list each once (use weights instead).")
+    if meth.base == "required":
+        if base_path is None:
+            raise LsMergeError(f"{method} takes task vectors against a base: set base_model.")
+        if base_path in model_paths:
+            raise LsMergeError(f"base_model {base_path} is also listed in models; its task vector would be zero. Remove it from models.")
+    n = len(model_paths)
+    if n < meth.min_models or (meth.max_models is not None and n > meth.max_models):
+        want = f"exactly {meth.min_models}" if meth.max_models == meth.min_models else f"at least {meth.min_models}"
+        raise LsMergeError(f"{method} merges {want} models; got {n}.")
+    if embeddings not in (None, "merge", "base"):
+        raise LsMergeError(f"embeddings must be 'merge' or 'base', got {embeddings!r}.")
+    if meth.needs_calibration and calibration is None:
+        raise LsMergeError(f"{method} needs calibration text: set calibration.files or calibration.texts.")
+
+    stores = _open_all(([base_path] if base_path else []) + model_paths)
+    ref = stores[base_path or model_paths[0]]
+    archmap = ArchitectureMap.from_config(ref.config, layer_pattern=layer_pattern)
+    num_layers = archmap.num_layers(ref.names)
+    check_layers(layers, num_layers)
+    kind_set = expand_kinds(kinds) if kinds else None
+    emb = embeddings == "merge" if embeddings else (layers is None and kinds is None)
+    selection = Selection(frozenset(layers) if layers is not None else None, kind_set, emb)
+    resolver = NativeParameters(meth, n, num_layers, parameters, per_kind, per_layer, per_tensor)
+    tasks, report = build_tasks(meth, [stores[p] for p in model_paths], stores[base_path] if base_path else None, archmap, resolver, selection)
+
+    if out is None:
+        label = ""
+        if meth.label_param:
+            first = next(t.params for t in tasks if t.params is not None)
+            v = (parameters or {}).get(meth.label_param, first[meth.label_param])
+            if meth.label_param == "weight":
+                w = first["weight"]
+                v = w[0] / sum(w) if sum(w) else w[0]
+            elif isinstance(v, list):
+                v = "sched"
+            label = _fmt(v[0] if isinstance(v, list) else v)
+        named = ([base_path] if base_path and meth.base == "required" else []) + model_paths
+        out = str(Path(out_root) / auto_name(named, method, label, layers, kinds))
+    out_path = check_output_dir(out, list(stores), overwrite)
+    plan = MergePlan(meth, [stores[p] for p in model_paths], stores[base_path] if base_path else None, archmap, tasks,
+                     out_path, out_dtype, dev, seed, max_shard_size, overwrite,
+                     provenance_json({"command": "merge-weights", **given}), calibration, report)
+    grams = None
+    if meth.needs_calibration:
+        wanted = {t.name for t in tasks if t.params is not None and len(ref.shape(t.name)) == 2
+                  and t.kind not in ("embed", "pos_embed")}
+        per_model = [collect_grams(p, wanted, calibration, dev) for p in model_paths]
+        grams = {name: [g[name] for g in per_model] for name in wanted if all(name in g for g in per_model)}
+        plan.report.append(f"regmean: Gram matrices for {len(grams)} linear weights; {sum(t.params is not None for t in tasks) - len(grams)} merged tensors averaged")
+    return _run(plan, grams, progress)
+
+
+def _run(plan: MergePlan, grams, progress: bool) -> str:
+    from lsmerge.merge.weight.executor import run_plan
+
+    for line in plan.report:
+        print(f"merge-weights: {line}")
+    out = run_plan(plan, grams, progress)
+    print(f"merge-weights: wrote {out}")
+    return str(out)
+
+
+def _merge_mergekit(config: str, out, out_root, dev, dtype, max_shard_size, overwrite, progress, layer_pattern, seed) -> str:
+    from lsmerge.merge.weight.mergekit_config import MergekitParameters, read_mergekit_config
+
+    recipe = read_mergekit_config(config)
+    root = Path(config).resolve().parent
+    meth = get_method(recipe.method)
+    model_paths = [resolve_model(m, root) for m in recipe.models]
+    base_path = resolve_model(recipe.base_model, root) if recipe.base_model else None
+    method_base = base_path if meth.base == "required" else None
+    stores = _open_all(([base_path] if base_path else []) + model_paths)
+    ref = stores[method_base or (base_path if base_path in model_paths else model_paths[0])]
+    archmap = ArchitectureMap.from_config(ref.config, layer_pattern=layer_pattern)
+    resolver = MergekitParameters(recipe, archmap.num_layers(ref.names))
+    tasks, report = build_tasks(meth, [stores[p] for p in model_paths], stores[method_base] if method_base else None,
+                                archmap, resolver, Selection(), allow_vocab_mismatch=False)
+    out_dtype = _dtype(dtype or recipe.output_dtype)
+    if recipe.dtype in ("bfloat16", "float16") and recipe.method in ("task_arithmetic", "ties", "dare_linear", "dare_ties"):
+        report.append(f"note: mergekit does {recipe.method} arithmetic in {recipe.dtype}; lsmerge computes in float32 and rounds once to the output dtype")
+    if out is None:
+        out = str(Path(out_root) / auto_name(model_paths, recipe.method, "_mergekit-" + Path(config).stem, None, None))
+    out_path = check_output_dir(out, list(stores), overwrite)
+    prov = provenance_json({"command": "merge-weights", "mergekit_config": recipe.raw, "seed": seed})
+    plan = MergePlan(meth, [stores[p] for p in model_paths], stores[method_base] if method_base else None, archmap, tasks,
+                     out_path, out_dtype, dev, seed, max_shard_size, overwrite, prov, None, report)
+    return _run(plan, None, progress)

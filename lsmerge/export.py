@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 from lsmerge.errors import LsMergeError
 
 

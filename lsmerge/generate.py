@@ -14,20 +14,19 @@ import os
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.torch_options import resolve_device, resolve_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_causal_lm(path: str, dtype: str = "float32", device: str = "cpu"):
     """A local Hugging Face causal LM in eval mode (safetensors only, no remote code)."""
     from transformers import AutoModelForCausalLM
 
-    if dtype not in DTYPES:
-        raise LsMergeError(f"dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+    torch_dtype = resolve_dtype(dtype)
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise LsMergeError(f"{path} is not a checkpoint folder (no config.json); give a Hugging Face model folder")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True, local_files_only=True)
-    return model.to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, local_files_only=True)
+    return model.to(resolve_device(device)).eval()
 
 
 def load_tokenizer(path: str):

@@ -32,17 +32,9 @@ from pathlib import Path
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.torch_options import resolve_device, resolve_dtype
 
 IGNORE_INDEX = -100
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "float64": torch.float64,
-}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
@@ -221,25 +213,6 @@ def _unique_labels(paths: list[Path], names: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
-def _resolve_dtype(dtype: str) -> torch.dtype:
-    try:
-        return DTYPES[dtype.lower()]
-    except KeyError:
-        raise LsMergeError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.") from None
-
-
-def _resolve_device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise LsMergeError(f"unknown device {device!r}; use 'cpu' or 'cuda' (or 'cuda:N').") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LsMergeError(f"device {device!r} asked for but CUDA is not available here; use --device cpu.")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise LsMergeError(f"device {device!r} asked for but MPS is not available here; use --device cpu.")
-    return dev
-
-
 def output_paths(out: str | os.PathLike) -> tuple[Path, Path]:
     """`out` as a folder (existing, or written with a trailing slash) -> `<out>/perplexity.{json,csv}`;
     otherwise a file stem -> `<out>.json` and `<out>.csv` (a `.json` / `.csv` suffix is dropped)."""
@@ -370,8 +343,8 @@ def evaluate(
         raise LsMergeError(f"batch_size={batch_size} must be at least 1.")
     if max_tokens is not None and max_tokens < 1:
         raise LsMergeError(f"max_tokens={max_tokens} must be at least 1 (or left unset to score whole texts).")
-    torch_dtype = _resolve_dtype(dtype)
-    torch_device = _resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
     model_paths = [Path(m).expanduser().resolve() for m in models]
     for p in model_paths:
         _check_model_dir(p)

@@ -26,20 +26,20 @@ from pathlib import Path
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.torch_options import resolve_dtype
 from lsmerge.io.writer import CheckpointWriter, check_output_dir
 
 GGUF_MAGIC = b"GGUF"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 # Keys that transformers' own config writer adds and that name the conversion, not the model.
 _DROP_CONFIG_KEYS = ("quantization_config", "_name_or_path")
 
 
 def parse_dtype(dtype: str) -> torch.dtype:
     """'float32' | 'bfloat16' | 'float16' -> torch dtype (LsMergeError otherwise)."""
-    try:
-        return DTYPES[str(dtype).replace("torch.", "")]
-    except KeyError:
-        raise LsMergeError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.") from None
+    if str(dtype).removeprefix("torch.") not in DTYPES:
+        raise LsMergeError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
+    return resolve_dtype(dtype)
 
 
 def check_gguf_file(gguf: str | os.PathLike) -> Path:

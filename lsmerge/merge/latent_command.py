@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from lsmerge.codecs.base import Codec, TensorLatent
 from lsmerge.codecs.pca import BASIS_PER, CODEC_JSON, PCACodec
 from lsmerge.errors import LsMergeError
+from lsmerge.torch_options import resolve_dtype
 from lsmerge.io.archmap import ArchitectureMap, expand_kinds
 from lsmerge.io.store import CheckpointStore, open_checkpoint
 from lsmerge.io.writer import CheckpointWriter, check_output_dir
@@ -34,7 +35,6 @@ from lsmerge.merge import latent as L
 from lsmerge.merge.depth import DIM_MATCH, depth_map, project_latent_set
 from lsmerge.merge.ot import OTShrinkageWarning, ot_interpolate
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DELTA_MODES = ("none", "weight", "latent")
 DEFAULT_LAM = {"lerp": 0.5, "hetero": 0.1, "self": 0.0}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")
@@ -262,8 +262,7 @@ def merge(
     needs_base, count = L.METHODS[method]
     if delta not in DELTA_MODES:
         raise LsMergeError(f"delta must be one of {DELTA_MODES}, got {delta!r}.")
-    if dtype is not None and dtype not in DTYPES:
-        raise LsMergeError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
+    out_dtype = resolve_dtype(dtype)
     if pca_basis not in BASIS_PER:
         raise LsMergeError(f"pca_basis must be one of {BASIS_PER}, got {pca_basis!r}.")
     if dim_match not in DIM_MATCH:
@@ -342,7 +341,6 @@ def merge(
         out = str(Path(out_root) / auto_name(named, f"ls-{method}", label + ("" if delta == "none" else f"_delta-{delta}"),
                                              None, kinds))
     out_path = check_output_dir(out, list(stores), overwrite)
-    out_dtype = DTYPES[dtype] if dtype else None
 
     _return_freed_tensors_to_the_os()
     common = dict(kind_set=kind_set, kinds=kinds, chunk_size=chunk_size, rank=rank, pca_basis=pca_basis, layout=layout,

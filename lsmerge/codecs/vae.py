@@ -76,6 +76,10 @@ class VAECodec:
     def names(self) -> list[str]:
         return list(self.specs)
 
+    def __repr__(self) -> str:
+        return (f"VAECodec(family={self.family!r}, tensors={len(self.specs)}, chunk_size={self.chunk_size}, "
+                f"latent_dim={self.model.hparams.latent_dim})")
+
     def covers(self, name: str) -> bool:
         return name in self.specs
 

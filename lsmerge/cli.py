@@ -39,6 +39,14 @@ def _load(target: str):
     return getattr(importlib.import_module(module), func)
 
 
+def _underscore_option(arg: str) -> str:
+    """Accept `--max-tokens` as well as `--max_tokens` (jsonargparse names options by parameter)."""
+    if not arg.startswith("--"):
+        return arg
+    key, sep, value = arg.partition("=")
+    return "--" + key[2:].replace("-", "_") + sep + value
+
+
 def _usage() -> str:
     width = max(len(n) for n in [*LIGHTNING_COMMANDS, *COMMANDS])
     lines = ["usage: lsmerge <command> [--config FILE.yaml] [--print_config] [options]", "", "commands:"]
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
     func = _load(COMMANDS[command][0])
     try:
-        auto_cli(func, as_positional=False, args=rest, parser_mode="yaml", prog=f"lsmerge {command}")
+        auto_cli(func, as_positional=False, args=[_underscore_option(a) for a in rest], parser_mode="yaml", prog=f"lsmerge {command}")
     except LsMergeError as e:
         print(f"lsmerge {command}: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -61,3 +61,9 @@ def test_every_command_has_help_and_print_config(command, capsys):
         main([command, "--help"])
     assert e.value.code == 0
     assert "--print_config" in capsys.readouterr().out
+
+
+def test_dashed_option_names_are_accepted(tiny_llama, tmp_path):
+    out = tmp_path / "s.csv"
+    main(["inspect", "--model", str(tiny_llama), "--layer-pattern", r"layers\.(?P<layer>\d+)\.", f"--out={out}"])
+    assert out.read_text().startswith("name,layer,kind")

@@ -1,0 +1,244 @@
+"""Benchmark `lsmerge merge-weights` against mergekit: whole process, wall time and peak memory.
+
+For each method (linear, slerp, ties) the same mergekit YAML recipe is run by
+`lsmerge merge-weights --mergekit_config` and by `mergekit-yaml` (its own venv), each as a fresh
+subprocess, alternating, `--repeats` times; the median wall time and the median peak memory are
+reported. Peak memory is polled from the parent every ~2 ms in /proc/PID/status: VmRSS (all
+resident pages, including memory-mapped input files) and RssAnon (anonymous memory only: the
+tensors the process allocated). Goal: lsmerge <= 0.5x mergekit's wall time and peak RSS.
+
+Scaling: lsmerge merges of two random models of SmolLM2-135M's width with 4 and with 32
+layers; the peak RssAnon of the two must differ by less than 10 %.
+
+Inputs (created on first use under checkpoints/bench/, reused afterwards):
+  smollm2-135m-wbench   SmolLM2-135M-Instruct + Gaussian noise of 1 % of each tensor's std on
+                        every floating tensor (so the embedding has a real task vector too)
+  smollm2-width-{4,32}l[-b]  random models of SmolLM2's width (float32)
+
+    .venv/bin/python scripts/bench_merge_weights.py [--repeats 3] [--methods linear slerp ties]
+        [--mergekit-bin /work/mk-venv/bin/mergekit-yaml] [--skip-scaling] [--skip-mergekit]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "checkpoints/base/smollm2-135m-instruct"
+BENCH = ROOT / "checkpoints/bench"
+LSMERGE = [str(ROOT / ".venv/bin/lsmerge"), "merge-weights"]
+MIB = 1 << 20
+
+RECIPES = {
+    "linear": """
+models:
+  - model: {A}
+    parameters: {{weight: 0.6}}
+  - model: {B}
+    parameters: {{weight: 0.4}}
+merge_method: linear
+dtype: float32
+""",
+    "slerp": """
+models:
+  - model: {A}
+  - model: {B}
+merge_method: slerp
+base_model: {A}
+parameters:
+  t: 0.4
+dtype: float32
+""",
+    "ties": """
+models:
+  - model: {B}
+    parameters: {{weight: 1.0, density: 0.5}}
+merge_method: ties
+base_model: {A}
+dtype: float32
+""",
+}
+
+
+def status_kib(pid: int) -> tuple[int, int] | None:
+    """(VmRSS, RssAnon) of a live process in KiB, None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    try:
+        return int(fields["VmRSS"].split()[0]), int(fields["RssAnon"].split()[0])
+    except (KeyError, ValueError):
+        return None
+
+
+def run_measured(cmd: list[str]) -> dict:
+    """Run `cmd`; wall seconds and peak VmRSS / RssAnon (MiB) polled every ~2 ms."""
+    peak = [0, 0]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+
+    def poll() -> None:
+        while proc.poll() is None:
+            s = status_kib(proc.pid)
+            if s:
+                peak[0], peak[1] = max(peak[0], s[0]), max(peak[1], s[1])
+            time.sleep(0.002)
+
+    th = threading.Thread(target=poll, daemon=True)
+    th.start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - start
+    th.join()
+    if proc.returncode:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.decode()[-3000:]}")
+    return {"wall_s": wall, "vmrss_mib": peak[0] / 1024, "rssanon_mib": peak[1] / 1024}
+
+
+def copy_side_files(src: Path, dst: Path) -> None:
+    for f in src.iterdir():
+        if f.is_file() and f.suffix != ".safetensors" and f.name != "model.safetensors.index.json":
+            shutil.copy2(f, dst / f.name)
+
+
+def make_perturbed(dst: Path, rel_noise: float = 0.01, seed: int = 0) -> Path:
+    """dst = BASE + N(0, (rel_noise * std(W))^2) on every floating tensor (float32)."""
+    if (dst / "model.safetensors").exists():
+        return dst
+    from lsmerge.io.store import open_checkpoint
+
+    store = open_checkpoint(BASE)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in store.names:
+        t = store.get(name).float()
+        if t.numel() > 1:
+            t = t + torch.randn(t.shape, generator=gen) * (rel_noise * float(t.std()))
+        out[name] = t.contiguous()
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    copy_side_files(BASE, tmp)
+    save_file(out, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    tmp.rename(dst)
+    return dst
+
+
+def make_width_model(dst: Path, layers: int, seed: int) -> Path:
+    """Random float32 Llama of SmolLM2-135M's shapes with `layers` decoder layers."""
+    if (dst / "model.safetensors").exists():
+        return dst
+    from lsmerge.io.store import open_checkpoint
+
+    store = open_checkpoint(BASE)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in store.names:
+        if ".layers." in name and not name.startswith("model.layers.0."):
+            continue
+        shape = tuple(store.shape(name))
+        names = [name.replace("layers.0.", f"layers.{i}.") for i in range(layers)] if name.startswith("model.layers.0.") else [name]
+        for n in names:
+            out[n] = (1.0 + 0.02 * torch.randn(shape, generator=gen)) if len(shape) == 1 else 0.02 * torch.randn(shape, generator=gen)
+    cfg = json.loads((BASE / "config.json").read_text())
+    cfg["num_hidden_layers"] = layers
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    save_file(out, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    tmp.rename(dst)
+    return dst
+
+
+def commands(tool: str, recipe: Path, out: Path, mergekit_bin: str) -> list[str]:
+    if tool == "lsmerge":
+        return [*LSMERGE, "--mergekit_config", str(recipe), "--out", str(out), "--progress", "false"]
+    return [mergekit_bin, str(recipe), str(out)]
+
+
+def bench_pair(a: Path, b: Path, methods, tools, repeats: int, mergekit_bin: str, work: Path) -> dict:
+    results: dict = {}
+    for method in methods:
+        recipe = work / f"{method}.yml"
+        recipe.write_text(RECIPES[method].format(A=a, B=b))
+        runs = {tool: [] for tool in tools}
+        for r in range(repeats):
+            for tool in tools:  # alternate, so load changes hit both alike
+                out = work / f"out_{tool}_{method}"
+                shutil.rmtree(out, ignore_errors=True)
+                m = run_measured(commands(tool, recipe, out, mergekit_bin))
+                shutil.rmtree(out, ignore_errors=True)
+                runs[tool].append(m)
+                print(f"  {method:6s} {tool:8s} run {r + 1}: {m['wall_s']:.1f} s, VmRSS {m['vmrss_mib']:.0f} MiB, RssAnon {m['rssanon_mib']:.0f} MiB", flush=True)
+        results[method] = {tool: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for tool, rs in runs.items()}
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--methods", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--mergekit-bin", default="/work/mk-venv/bin/mergekit-yaml")
+    ap.add_argument("--skip-mergekit", action="store_true")
+    ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--scaling-repeats", type=int, default=1)
+    args = ap.parse_args()
+    tools = ["lsmerge"] if args.skip_mergekit else ["lsmerge", "mergekit"]
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="bench_mw_") as tmp:
+        work = Path(tmp)
+        b = make_perturbed(BENCH / "smollm2-135m-wbench")
+        print(f"SmolLM2-135M: {BASE.name} x {b.name}, {args.repeats} runs each, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+        res = bench_pair(BASE, b, args.methods, tools, args.repeats, args.mergekit_bin, work)
+        print("\n| method | lsmerge wall | mergekit wall | ratio | lsmerge VmRSS / RssAnon | mergekit VmRSS / RssAnon | ratio (VmRSS) | goals |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for method, r in res.items():
+            ls = r["lsmerge"]
+            if "mergekit" not in r:
+                print(f"| {method} | {ls['wall_s']:.1f} s | | | {ls['vmrss_mib']:.0f} / {ls['rssanon_mib']:.0f} MiB | | | |")
+                continue
+            mk = r["mergekit"]
+            tw, tm = ls["wall_s"] / mk["wall_s"], ls["vmrss_mib"] / mk["vmrss_mib"]
+            met = f"time {'met' if tw <= 0.5 else 'NOT met'}, memory {'met' if tm <= 0.5 else 'NOT met'}"
+            ok &= tw <= 0.5 and tm <= 0.5
+            print(
+                f"| {method} | {ls['wall_s']:.1f} s | {mk['wall_s']:.1f} s | {tw:.2f}x | {ls['vmrss_mib']:.0f} / {ls['rssanon_mib']:.0f} MiB"
+                f" | {mk['vmrss_mib']:.0f} / {mk['rssanon_mib']:.0f} MiB | {tm:.2f}x | {met} |"
+            )
+        if not args.skip_scaling:
+            print("\nScaling (lsmerge only, random models of SmolLM2's width):")
+            peaks = {}
+            for layers in (4, 32):
+                a = make_width_model(BENCH / f"smollm2-width-{layers}l", layers, seed=layers)
+                bb = make_width_model(BENCH / f"smollm2-width-{layers}l-b", layers, seed=1000 + layers)
+                peaks[layers] = bench_pair(a, bb, args.methods, ["lsmerge"], args.scaling_repeats, args.mergekit_bin, work)
+            print("\n| method | 4 layers wall | 32 layers wall | 4 layers VmRSS / RssAnon | 32 layers VmRSS / RssAnon | RssAnon change | goal (< 10 %) |")
+            print("| --- | --- | --- | --- | --- | --- | --- |")
+            for method in args.methods:
+                p4, p32 = peaks[4][method]["lsmerge"], peaks[32][method]["lsmerge"]
+                change = p32["rssanon_mib"] / p4["rssanon_mib"] - 1
+                ok &= abs(change) < 0.10
+                print(
+                    f"| {method} | {p4['wall_s']:.1f} s | {p32['wall_s']:.1f} s | {p4['vmrss_mib']:.0f} / {p4['rssanon_mib']:.0f} MiB"
+                    f" | {p32['vmrss_mib']:.0f} / {p32['rssanon_mib']:.0f} MiB | {change * 100:+.1f} % | {'met' if abs(change) < 0.10 else 'NOT met'} |"
+                )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.torch_options import resolve_device, resolve_dtype
 from lsmerge.io.archmap import ArchitectureMap, expand_kinds
 from lsmerge.io.store import CheckpointStore, open_checkpoint
 from lsmerge.io.writer import check_output_dir
@@ -18,7 +18,6 @@ from lsmerge.merge.weight.parameters import NativeParameters
 from lsmerge.merge.weight.plan import MergePlan, build_tasks, check_layers, provenance_json
 from lsmerge.merge.weight.selection import Selection
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODEL_ROOTS = ("checkpoints/base", "checkpoints/merged")
 
 
@@ -49,22 +48,6 @@ def auto_name(models: list[Path], method: str, label: str, layers: list[int] | N
     if kinds:
         name += "_" + "-".join(kinds)
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:200]
-
-
-def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LsMergeError(f"device {device!r} asked for, but no CUDA GPU is available. Use --device cpu or auto.")
-    return device
-
-
-def _dtype(dtype: str | None) -> torch.dtype | None:
-    if dtype is None:
-        return None
-    if dtype not in DTYPES:
-        raise LsMergeError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
-    return DTYPES[dtype]
 
 
 def _open_all(paths: list[Path]) -> dict[Path, CheckpointStore]:
@@ -132,8 +115,8 @@ def merge_weights(
         mergekit_config: a mergekit YAML recipe; replaces models / base_model / method / parameters.
     Returns: the output folder.
     """
-    dev = _device(device)
-    out_dtype = _dtype(dtype)
+    dev = str(resolve_device(device))
+    out_dtype = resolve_dtype(dtype)
     given = dict(models=models, base_model=base_model, method=method, parameters=parameters, per_kind=per_kind,
                  per_layer=per_layer, per_tensor=per_tensor, layers=layers, kinds=kinds, embeddings=embeddings,
                  calibration=vars(calibration) if calibration else None, seed=seed, dtype=dtype,
@@ -225,7 +208,7 @@ def _merge_mergekit(config: str, out, out_root, dev, dtype, max_shard_size, over
     resolver = MergekitParameters(recipe, archmap.num_layers(ref.names))
     tasks, report = build_tasks(meth, [stores[p] for p in model_paths], stores[method_base] if method_base else None,
                                 archmap, resolver, Selection(), allow_vocab_mismatch=False)
-    out_dtype = _dtype(dtype or recipe.output_dtype)
+    out_dtype = resolve_dtype(dtype or recipe.output_dtype)
     if recipe.dtype in ("bfloat16", "float16") and recipe.method in ("task_arithmetic", "ties", "dare_linear", "dare_ties"):
         report.append(f"note: mergekit does {recipe.method} arithmetic in {recipe.dtype}; lsmerge computes in float32 and rounds once to the output dtype")
     if out is None:

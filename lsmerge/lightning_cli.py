@@ -62,6 +62,21 @@ def run_lightning_cli(args: list[str]) -> None:
             },
             parser_kwargs={"prog": f"lsmerge {args[0]}" if args else "lsmerge"},
         )
-    except LsMergeError as e:
-        print(f"lsmerge {args[0] if args else ''}: error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - only a user error is reported; anything else is re-raised
+        cause = user_error(e)
+        if cause is None:
+            raise
+        print(f"lsmerge {args[0] if args else ''}: error: {cause}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def user_error(e: BaseException | None) -> LsMergeError | None:
+    """The LsMergeError behind `e`: itself, or one jsonargparse wrapped while instantiating a
+    class from the config (a callback's init_args, say)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, LsMergeError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

@@ -67,6 +67,7 @@ class VAECodec:
         self.layout, self.normalization, self.kappa = hp.layout, hp.normalization, hp.slog_kappa
         self.family = hp.family
         self.specs = {t["name"]: t for t in model.tensors}
+        self._positions: dict[tuple[str, int], torch.Tensor] = {}  # (enc|dec, n_windows) -> (n_windows, T, D)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu", **kw) -> "VAECodec":
@@ -109,54 +110,66 @@ class VAECodec:
             raise LsMergeError(f"tensor {name} has shape {list(shape)}, but the VAE was trained on shape {spec['shape']}.")
         return spec
 
-    def _conditioning(self, spec: dict, n_chunks: int) -> tuple[torch.Tensor, ...]:
-        """(lengths (W, T), chunk_index (W, T), layer (W,), kind (W,)) for the tensor's windows."""
-        lengths = chunking.chunk_lengths(spec["shape"], self.chunk_size, self.layout)
-        lengths_w, _ = chunking.to_windows(lengths[:, None].float(), self.T)
-        lengths_w = lengths_w[..., 0].long()
-        n_win = lengths_w.shape[0]
-        chunk_index = torch.arange(n_win * self.T).view(n_win, self.T)
+    def _cond(self, which: str, spec: dict, n_win: int, s: slice) -> torch.Tensor:
+        """Conditioning (b, T, D) of windows `s` of a tensor with `n_win` windows; `which` is
+        `enc` or `dec`. The chunk-index term, the costly part, is cached per (which, n_win):
+        every tensor with the same chunk count (all MLP tensors of a model) shares it. The codec
+        treats the model as frozen; the cache is not invalidated if its weights change."""
+        module = self.model.enc_cond if which == "enc" else self.model.dec_cond
+        key = (which, n_win)
+        if key not in self._positions:
+            if len(self._positions) >= 4:
+                del self._positions[next(iter(self._positions))]
+            all_index = torch.arange(n_win * self.T, device=self.device).view(n_win, self.T)
+            self._positions[key] = module.position(all_index)
+        position = self._positions[key][s]
+        chunk_index = torch.arange(s.start * self.T, (s.start + position.shape[0]) * self.T, device=self.device)
         layer = self.model.hparams.num_layers if spec["layer"] is None else spec["layer"]
-        layer = torch.full((n_win,), layer, dtype=torch.long)
-        kind = torch.full((n_win,), KINDS.index(spec["kind"]), dtype=torch.long)
-        return lengths_w, chunk_index, layer, kind
+        layer = torch.tensor([layer], device=self.device)
+        kind = torch.tensor([KINDS.index(spec["kind"])], device=self.device)
+        return module(layer, kind, chunk_index.view(-1, self.T), position=position)
 
-    @torch.no_grad()
+    def _batches(self, token_mask: torch.Tensor):
+        """Yield (slice of windows, key mask (b, T) or None when every token of the batch is real)."""
+        for i in range(0, token_mask.shape[0], self.batch_windows):
+            s = slice(i, i + self.batch_windows)
+            yield s, (None if bool(token_mask[s].all()) else token_mask[s])
+
     def _encode(self, name: str, weight: torch.Tensor) -> TensorLatent:
         spec = self._spec(name, tuple(weight.shape))
         chunks, _, norm = chunking.tensor_to_tokens(weight, self.chunk_size, self.layout, self.normalization, self.kappa)
         n = chunks.shape[0]
-        windows, _ = chunking.to_windows(chunks, self.T)
-        lengths, chunk_index, layer, kind = self._conditioning(spec, n)
-        mus, logvars = [], []
-        for i in range(0, windows.shape[0], self.batch_windows):
-            s = slice(i, i + self.batch_windows)
-            mu, logvar = self.model.encode(
-                *(t.to(self.device) for t in (windows[s], lengths[s], layer[s], kind[s], chunk_index[s]))
-            )
-            mus.append(mu.float().cpu())
-            logvars.append(logvar.float().cpu())
-        z = chunking.from_windows(torch.cat(mus), n)
-        logvar = chunking.from_windows(torch.cat(logvars), n)
-        return TensorLatent(z=z, norm=norm.to(torch.float32), shape=tuple(weight.shape), logvar=logvar, extra={"name": name})
+        windows, token_mask = chunking.to_windows(chunks, self.T)  # padding values are zero already
+        windows, token_mask = windows.to(self.device), token_mask.to(self.device)
+        n_win, d = windows.shape[0], self.model.hparams.latent_dim
+        mu = torch.empty(n_win, self.T, d)  # outside inference mode: callers may edit them in place
+        logvar = torch.empty(n_win, self.T, d)
+        with torch.inference_mode():
+            for s, key_mask in self._batches(token_mask):
+                m, lv = self.model.encode_tokens(windows[s], self._cond("enc", spec, n_win, s), key_mask)
+                mu[s] = m
+                logvar[s] = lv
+        return TensorLatent(
+            z=mu.view(-1, d)[:n], norm=norm.to(torch.float32), shape=tuple(weight.shape),
+            logvar=logvar.view(-1, d)[:n], extra={"name": name},
+        )
 
     def encode(self, name: str, weight: torch.Tensor) -> TensorLatent:
         """weight -> TensorLatent(z=(n_chunks, latent_dim) means, logvar, norm=(mean, std), shape)."""
         return self._encode(name, weight)
 
-    @torch.no_grad()
     def decode(self, name: str, latent: TensorLatent) -> torch.Tensor:
         """TensorLatent -> float32 tensor of `latent.shape` (denormalised with `latent.norm`)."""
         spec = self._spec(name, tuple(latent.shape))
         n = latent.z.shape[0]
-        zw, _ = chunking.to_windows(latent.z.to(torch.float32), self.T)
-        lengths, chunk_index, layer, kind = self._conditioning(spec, n)
-        outs = []
-        for i in range(0, zw.shape[0], self.batch_windows):
-            s = slice(i, i + self.batch_windows)
-            xhat = self.model.decode(*(t.to(self.device) for t in (zw[s], lengths[s], layer[s], kind[s], chunk_index[s])))
-            outs.append(xhat.float().cpu())
-        chunks = chunking.from_windows(torch.cat(outs), n)
+        zw, token_mask = chunking.to_windows(latent.z.to(torch.float32), self.T)
+        zw, token_mask = zw.to(self.device), token_mask.to(self.device)
+        n_win = zw.shape[0]
+        out = torch.empty(n_win, self.T, self.chunk_size)
+        with torch.inference_mode():
+            for s, key_mask in self._batches(token_mask):
+                out[s] = self.model.decode_tokens(zw[s], self._cond("dec", spec, n_win, s), key_mask)
+        chunks = out.view(-1, self.chunk_size)[:n]
         return chunking.tokens_to_tensor(chunks, latent.shape, latent.norm, self.layout, self.normalization, self.kappa)
 
     def sample(self, name: str, weight: torch.Tensor, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> list[TensorLatent]:

@@ -96,12 +96,24 @@ class TokenConditioning(nn.Module):
         self.source = nn.Embedding(num_sources, d_model) if num_sources > 0 else None
         self.d_model = d_model
 
+    def position(self, chunk_index: torch.Tensor) -> torch.Tensor:
+        """The chunk-index term ``W_pos sin(chunk_index)``: (B, T) -> (B, T, D)."""
+        return self.pos(sinusoidal(chunk_index, self.d_model))
+
     def forward(
-        self, layer: torch.Tensor, kind: torch.Tensor, chunk_index: torch.Tensor, source: torch.Tensor | None = None
+        self,
+        layer: torch.Tensor,
+        kind: torch.Tensor,
+        chunk_index: torch.Tensor,
+        source: torch.Tensor | None = None,
+        position: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`position` (B or 1, T, D): a precomputed `self.position(chunk_index)` (the codec reuses
+        it across tensors with the same chunk count); layer / kind / source may be (1,) to
+        broadcast over the batch."""
         t = chunk_index.shape[1]
         e = (self.layer(layer) + self.kind(kind))[:, None, :] + self.slot.weight[:t][None]
-        e = e + self.pos(sinusoidal(chunk_index, self.d_model))
+        e = e + (self.position(chunk_index) if position is None else position)
         if self.source is not None and source is not None:
             e = e + self.source(source)[:, None, :]
         return e

@@ -223,15 +223,22 @@ class WeightVAE(L.LightningModule):
         """x (B, T, c), lengths (B, T), layer/kind/source (B,), chunk_index (B, T) -> mu, logvar (B, T, d)."""
         c = self.hparams.chunk_size
         x = x * chunking.value_mask(lengths, c).to(x.dtype)
-        h = self.enc_in(x) + self.enc_cond(layer, kind, chunk_index, source)
-        h = self.encoder(h, lengths > 0)
+        return self.encode_tokens(x, self.enc_cond(layer, kind, chunk_index, source), lengths > 0)
+
+    def encode_tokens(self, x, cond, key_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, c) with padding values already zero, cond (B or 1, T, D) from `enc_cond`,
+        key_mask (B, T) bool (True = real token; None = all real) -> mu, logvar (B, T, d)."""
+        h = self.encoder(self.enc_in(x) + cond, key_mask)
         mu, logvar = self.to_latent(h).chunk(2, dim=-1)
         return mu, logvar.clamp(-30.0, 20.0)
 
     def decode(self, z, lengths, layer, kind, chunk_index) -> torch.Tensor:
         """z (B, T, d) -> x^ (B, T, c) in normalised space."""
-        h = self.dec_in(z) + self.dec_cond(layer, kind, chunk_index)
-        return self.dec_out(self.decoder(h, lengths > 0))
+        return self.decode_tokens(z, self.dec_cond(layer, kind, chunk_index), lengths > 0)
+
+    def decode_tokens(self, z, cond, key_mask=None) -> torch.Tensor:
+        """z (B, T, d), cond (B or 1, T, D) from `dec_cond`, key_mask as in `encode_tokens` -> x^ (B, T, c)."""
+        return self.dec_out(self.decoder(self.dec_in(z) + cond, key_mask))
 
     def forward(self, batch: dict, sample: bool = False) -> dict[str, torch.Tensor]:
         mu, logvar = self.encode(batch["x"], batch["lengths"], batch["layer"], batch["kind"], batch["chunk_index"], batch.get("source"))

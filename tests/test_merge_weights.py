@@ -57,6 +57,24 @@ def test_task_arithmetic():
     assert torch.allclose(out, base + 2.0 * (1.0 * (x1 - base) + 0.5 * (x2 - base)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_trim_keeps_what_an_argsort_keeps_ties_and_signs_included(dtype):
+    """The trim equals mergekit's magnitude sparsification bit for bit: |x| ranked in float32
+    by `argsort(descending=True)[:k]` (an unstable sort: among entries that tie at the cut it
+    keeps the kernel's choice, not the lowest indices), then `x * mask` (dropped -> +-0)."""
+    g = torch.Generator().manual_seed(0)
+    x = ((torch.randn(200_000, generator=g) * 50).round() / 1000).to(dtype)  # many ties
+    k = int(0.37 * x.numel())
+    v = x.abs().float().kthvalue(x.numel() - k + 1).values
+    assert int((x.abs().float() == v).sum()) > 1 and int((x.abs().float() > v).sum()) < k  # a tie at the cut
+    mask = torch.zeros_like(x)
+    mask[torch.argsort(x.abs().float(), descending=True)[:k]] = 1
+    want = x * mask
+    got = trim_to_density(x, 0.37)
+    assert torch.equal(got, want) and torch.equal(torch.signbit(got), torch.signbit(want))
+    assert torch.equal(x, ((torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 50).round() / 1000).to(dtype))
+
+
 def test_ties_trim_elect_disjoint_mean_by_hand():
     base = torch.zeros(4)
     # task vectors:  model 0: [ 3, -1, 0.1,  2 ]   model 1: [ -1, -2, 0.2, -5 ]   model 2: [ -1, 4, -0.3, 1 ]

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from lsmerge.codecs.base import Codec, TensorLatent
 from lsmerge.codecs.pca import BASIS_PER, CODEC_JSON, PCACodec
 from lsmerge.errors import LsMergeError
+from lsmerge.memory import return_freed_tensors_to_the_os
 from lsmerge.torch_options import resolve_dtype
 from lsmerge.io.archmap import ArchitectureMap, expand_kinds
 from lsmerge.io.store import CheckpointStore, open_checkpoint
@@ -117,19 +118,6 @@ def _check_finite(t: torch.Tensor, name: str, store: CheckpointStore) -> torch.T
 
 def _selected(store: CheckpointStore, amap: ArchitectureMap, kind_set: frozenset[str]) -> list[str]:
     return [n for n in store.names if amap.role(n).kind in kind_set and store.dtype(n).is_floating_point]
-
-
-def _return_freed_tensors_to_the_os() -> None:
-    """On glibc, serve allocations of 64 KiB and more by mmap, so each freed tensor leaves the
-    resident set at once. Without it glibc raises its mmap threshold after the first frees and
-    keeps freed tensor memory in a fragmented heap: peak memory then grew with depth (+32 %
-    from 4 to 30 SmolLM2-width layers; +1 % with it, see BENCHMARKS.md). No-op elsewhere."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 # -- codecs ---------------------------------------------------------------------------------
@@ -342,7 +330,7 @@ def merge(
                                              None, kinds))
     out_path = check_output_dir(out, list(stores), overwrite)
 
-    _return_freed_tensors_to_the_os()
+    return_freed_tensors_to_the_os()
     common = dict(kind_set=kind_set, kinds=kinds, chunk_size=chunk_size, rank=rank, pca_basis=pca_basis, layout=layout,
                   save_codec=save_codec, progress=progress, layer_pattern=layer_pattern)
     if method == "hetero":

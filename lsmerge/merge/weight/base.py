@@ -105,7 +105,16 @@ class MergeMethod:
         """Checks across parameters (override where needed)."""
 
     def merge(self, tensors: Sequence[torch.Tensor], base: torch.Tensor | None, params: dict, ctx: TensorContext) -> torch.Tensor:
+        """The merged tensor. The executor passes `tensors` as a list it keeps no other
+        reference to: a method may `release_inputs(tensors)` once it has what it needs."""
         raise NotImplementedError
+
+
+def release_inputs(tensors: Sequence[torch.Tensor]) -> None:
+    """Drop the executor's input list (a no-op for other sequences) so its tensors can be
+    freed before a method's largest temporaries are allocated."""
+    if isinstance(tensors, list):
+        tensors.clear()
 
 
 METHODS: dict[str, MergeMethod] = {}

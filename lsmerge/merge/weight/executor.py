@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from lsmerge.errors import LsMergeError
 from lsmerge.io.store import CheckpointStore
 from lsmerge.io.writer import CheckpointWriter
+from lsmerge.memory import return_freed_tensors_to_the_os
 from lsmerge.merge.weight.base import TensorContext
 from lsmerge.merge.weight.plan import MergePlan
 
@@ -38,6 +39,7 @@ def fit_rows(t: torch.Tensor, rows: int, fill: torch.Tensor) -> torch.Tensor:
 
 def run_plan(plan: MergePlan, grams: dict[str, list[torch.Tensor]] | None = None, progress: bool = True):
     """Execute a validated plan; returns the output folder."""
+    return_freed_tensors_to_the_os()
     ref = plan.reference
     device = torch.device(plan.device)
     total = len(plan.tasks)
@@ -66,6 +68,7 @@ def run_plan(plan: MergePlan, grams: dict[str, list[torch.Tensor]] | None = None
                     if task.vocab_rows is not None:
                         x = fit_rows(x, task.vocab_rows, ref_t)
                     xs.append(x.to(device))
+                del x  # xs is the only reference left: the method may release it
                 base_t = ref_t.to(device) if plan.base is not None else None
                 ctx = TensorContext(task.name, plan.seed, grams.get(task.name) if grams else None)
                 merged = plan.method.merge(xs, base_t, task.params, ctx)

@@ -37,7 +37,7 @@ def trim_to_density_(delta: torch.Tensor, density: float) -> torch.Tensor:
     if density >= 1 or k >= n:
         return delta
     flat = delta.view(-1)
-    order = torch.empty(n, dtype=torch.long)
+    order = torch.empty(n, dtype=torch.long, device=flat.device)
     if flat.dtype == torch.float32:
         negative = torch.signbit(flat)
         magnitude = flat.abs_()
@@ -46,7 +46,7 @@ def trim_to_density_(delta: torch.Tensor, density: float) -> torch.Tensor:
     torch.sort(magnitude, descending=True, out=(magnitude, order))
     if negative is None:
         del magnitude
-        flat.mul_(torch.ones(n, dtype=flat.dtype).index_fill_(0, order[k:], 0))
+        flat.mul_(torch.ones_like(flat).index_fill_(0, order[k:], 0))
         return delta
     kept = magnitude[:k].clone()  # the k largest |delta|, in sorted order
     flat.zero_().index_copy_(0, order[:k], kept)

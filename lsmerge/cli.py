@@ -9,7 +9,14 @@ Functions are imported only when their command runs, to keep `lsmerge --help` qu
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# Threads that wait at the end of a parallel region sleep instead of spinning: with the
+# default (spin) policy, two torch threads on two cores shared with any other job wait a
+# scheduler slice at every parallel op (VAE encode + decode of SmolLM2's MLP: 143 s vs 47 s,
+# BENCHMARKS.md). Must be set before torch is imported; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from lsmerge.errors import LsMergeError
 

@@ -75,6 +75,37 @@ def test_trim_keeps_what_an_argsort_keeps_ties_and_signs_included(dtype):
     assert torch.equal(x, ((torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 50).round() / 1000).to(dtype))
 
 
+def test_kth_largest_is_exact_without_a_sort():
+    from lsmerge.merge.weight.ties import SAMPLE, kth_largest
+
+    n = 5 * SAMPLE + 123
+    g = torch.Generator().manual_seed(1)
+    cases = {
+        "normal": torch.randn(n, generator=g).abs(),
+        "ascending": torch.arange(n, dtype=torch.float32),
+        "periodic": (torch.arange(n) % 97).float(),  # strided sample sees a biased subset
+        "constant": torch.full((n,), 0.25),
+        "mostly zero": torch.randn(n, generator=g).abs() * (torch.rand(n, generator=g) < 0.01),
+    }
+    for name, values in cases.items():
+        for k in (1, 7, n // 3, n // 2, n - 1, n):
+            assert kth_largest(values, k) == float(values.kthvalue(n - k + 1).values), (name, k)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "sparse"])
+def test_trim_without_ties_at_the_cut_keeps_what_an_argsort_keeps(kind):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(300_000, generator=g)
+    if kind == "sparse":
+        x = x * (torch.rand(x.shape, generator=g) < 0.2)  # the cut falls among zeros
+    for density in (0.05, 0.5, 0.9):
+        k = int(density * x.numel())
+        mask = torch.zeros_like(x)
+        mask[torch.argsort(x.abs(), descending=True)[:k]] = 1
+        got = trim_to_density(x, density)
+        assert torch.equal(got, x * mask) and torch.equal(torch.signbit(got), torch.signbit(x * mask))
+
+
 def test_ties_trim_elect_disjoint_mean_by_hand():
     base = torch.zeros(4)
     # task vectors:  model 0: [ 3, -1, 0.1,  2 ]   model 1: [ -1, -2, 0.2, -5 ]   model 2: [ -1, 4, -0.3, 1 ]

@@ -213,6 +213,14 @@ def test_heterogeneous_llama4_into_gemma3_loads_with_finite_logits(tmp_path):
     codecs = [str(tmp_path / "codecs" / "target"), str(tmp_path / "codecs" / "source")]
     out0 = _run(tmp_path, tmp_path / "out0", lam=0.0, **{**kw, "codec": codecs, "save_codec": None})
     assert torch.equal(open_checkpoint(out0).get(UP), _decoded(codecs[0], target, UP))
+    # latent delta coding: W_t + D(Z) - D(Z_t), so lam = 0 gives the target itself
+    kw_delta = {**kw, "codec": codecs, "save_codec": None, "delta": "latent"}
+    out_d0 = _run(tmp_path, tmp_path / "out_d0", lam=0.0, **kw_delta)
+    assert torch.allclose(open_checkpoint(out_d0).get(UP), target.get(UP), atol=1e-6)
+    out_d = _run(tmp_path, tmp_path / "out_d", lam=0.1, **kw_delta)
+    want = open_checkpoint(out).get(UP) - _decoded(codecs[0], target, UP) + target.get(UP)  # same codecs, lam 0.1
+    assert torch.allclose(open_checkpoint(out_d).get(UP), want, atol=1e-6)
+    assert not torch.equal(open_checkpoint(out_d).get(UP), target.get(UP))
 
 
 # -- bad input: one clear error, nothing written -------------------------------------------------
@@ -226,6 +234,7 @@ def test_heterogeneous_llama4_into_gemma3_loads_with_finite_logits(tmp_path):
         (dict(method="self", models=["a"], lam=-0.1), "lam must be"),
         (dict(method="task_arithmetic", models=["a"]), "base"),
         (dict(method="lerp", models=["a"]), "exactly two"),
+        (dict(method="hetero", models=["a", "b"], delta="weight"), "delta: latent"),
         (dict(method="hetero", models=["a", "b"], codec="CODEC"), "a codec for each side"),
         (dict(method="lerp", models=["a", "b"], kinds=["norm_x"]), "unknown module kind"),
         (dict(method="lerp", models=["a", "b"], delta="weight"), "needs a base"),

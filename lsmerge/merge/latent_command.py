@@ -211,7 +211,8 @@ def merge(
         samples: self: number K of posterior samples merged.
         temperature: self: posterior sampling temperature (0 = the posterior mean).
         delta: delta coding: none | weight (encode W_i - W_base, output W_base + D(merged)) |
-            latent (output W_base + D(z_merged) - D(z_base)).
+            latent (output W_base + D(z_merged) - D(z_base); hetero: W_target + D_t(Z) - D_t(Z_target),
+            so the target codec's reconstruction error cancels and lam 0 gives the target).
         kinds: module kinds or groups encoded by the codec (default [mlp, attn]).
         fallback_method: for tensors the codec does not cover: auto (the same method in weight
             space; copy for self / hetero), copy (from the first model / base), or a
@@ -271,8 +272,10 @@ def merge(
         raise LsMergeError(f"base {base_path} is also listed in models; its task vector would be zero. Remove it from models.")
     if delta != "none":
         if method == "hetero":
-            raise LsMergeError("delta coding works within one architecture; use delta: none with method: hetero.")
-        if method == "self":
+            if delta == "weight":
+                raise LsMergeError("delta: weight needs one architecture (W_i - W_base); with method: hetero use "
+                                   "delta: latent (W_target + D(z_merged) - D(z_target)) or none.")
+        elif method == "self":
             if delta == "weight":
                 raise LsMergeError("self-merge has no expert-minus-base difference; use delta: latent (W + D(z_merged) - D(z)) or none.")
         elif base_path is None:
@@ -334,7 +337,7 @@ def merge(
     common = dict(kind_set=kind_set, kinds=kinds, chunk_size=chunk_size, rank=rank, pca_basis=pca_basis, layout=layout,
                   save_codec=save_codec, progress=progress, layer_pattern=layer_pattern)
     if method == "hetero":
-        job = _HeteroJob(model_stores[0], model_stores[1], codecs, lam, lam_schedule, ot, dim_match, shrinkage, **common)
+        job = _HeteroJob(model_stores[0], model_stores[1], codecs, lam, lam_schedule, ot, dim_match, shrinkage, delta, **common)
     else:
         job = _HomogeneousJob(method, model_stores, base_store, ref, codecs[0], lam, lam_schedule, weights, density,
                               sign_election, samples, temperature, delta, fallback_method, seed, **common)
@@ -472,9 +475,9 @@ class _HomogeneousJob:
 class _HeteroJob:
     """Target <- source merge across architectures: depth map, projection, OT, target decoder."""
 
-    def __init__(self, target, source, codec_specs, lam, lam_schedule, use_ot, dim_match, shrinkage, *, kind_set, kinds,
-                 chunk_size, rank, pca_basis, layout, save_codec, progress, layer_pattern):
-        self.target, self.source = target, source
+    def __init__(self, target, source, codec_specs, lam, lam_schedule, use_ot, dim_match, shrinkage, delta, *, kind_set,
+                 kinds, chunk_size, rank, pca_basis, layout, save_codec, progress, layer_pattern):
+        self.target, self.source, self.delta = target, source, delta
         self.lam, self.lam_schedule, self.use_ot, self.dim_match, self.shrinkage = lam, lam_schedule, use_ot, dim_match, shrinkage
         self.tmap = ArchitectureMap.from_config(target.config, layer_pattern=layer_pattern)
         self.smap = ArchitectureMap.from_config(source.config, layer_pattern=layer_pattern)
@@ -521,7 +524,7 @@ class _HeteroJob:
                 unmatched.append(n)
         self.report = [
             f"hetero: target {target.path.name} ({self.n_t} layers) <- source {source.path.name} ({self.n_s} layers), "
-            f"lam={lam}, ot={use_ot}, dim_match={dim_match}",
+            f"lam={lam}, ot={use_ot}, dim_match={dim_match}, delta={delta}",
             f"depth map (target layer <- source layers): {dict(enumerate(groups))}",
             f"{len(self.plan)} target tensors merged in latent space, {len(target.names) - len(self.plan)} copied from the target"
             + (f" ({len(unmatched)} selected ones without a matching source tensor, e.g. {unmatched[0]})" if unmatched else ""),
@@ -559,4 +562,7 @@ class _HeteroJob:
         for w in caught:
             if not issubclass(w.category, OTShrinkageWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return self.t_codec.decode(name, z_t.with_z(z.to(z_t.z.dtype)))
+        merged = self.t_codec.decode(name, z_t.with_z(z.to(z_t.z.dtype)))
+        if self.delta == "latent":  # W_t + D(Z) - D(Z_t): only the change passes through the codec
+            return merged.float().sub_(self.t_codec.decode(name, z_t).float()).add_(t.float()).to(t.dtype)
+        return merged

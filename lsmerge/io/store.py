@@ -1,8 +1,8 @@
 """Lazy, read-only access to a Hugging Face checkpoint folder.
 
 `CheckpointStore` lists tensor names, shapes and dtypes from the safetensors headers without
-reading any data, and loads one tensor at a time (memory-mapped, so only that tensor's bytes
-become resident). Sharded checkpoints are followed through `model.safetensors.index.json`.
+reading any data, and loads one tensor at a time (plain reads of that tensor's bytes into a
+fresh tensor; nothing stays memory-mapped). Sharded checkpoints are followed through `model.safetensors.index.json`.
 PyTorch `.bin` files are read only through `torch.load(weights_only=True)`; any other pickle
 is refused. The input folder is never written to.
 """

@@ -75,8 +75,11 @@ class TensorInfo:
         return self.numel * torch.empty((), dtype=self.dtype).element_size()
 
 
-def _safetensors_header(path: Path) -> dict:
-    """Read and check a safetensors header; raise LsMergeError on corruption or truncation."""
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """Read and check a safetensors header; raise LsMergeError on corruption or truncation.
+
+    Returns the header and the byte offset where the data section starts (8 + header length).
+    """
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -98,14 +101,13 @@ def _safetensors_header(path: Path) -> dict:
             if meta["dtype"] in _ST_DTYPES and stop - start != numel * _ST_DTYPES[meta["dtype"]].itemsize:
                 raise ValueError(f"tensor {name} has {stop - start} data bytes for shape {meta['shape']} {meta['dtype']}")
             end = max(end, stop)
-        header["__data_start__"] = 8 + n
         if 8 + n + end > size:
             raise ValueError(f"data ends at byte {8 + n + end} but the file has {size} bytes (truncated?)")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise LsMergeError(
             f"{path} is not a valid safetensors file ({e}). Re-download or re-export the checkpoint."
         ) from None
-    return header
+    return header, 8 + n
 
 
 def _read_tensor(path: Path, info: TensorInfo) -> torch.Tensor:
@@ -170,8 +172,7 @@ class CheckpointStore:
             fpath = self.path / fname
             if not fpath.exists():
                 raise LsMergeError(f"{self.path} index names shard {fname}, which is missing. Re-download the checkpoint.")
-            header = _safetensors_header(fpath)
-            data_start = header.pop("__data_start__")
+            header, data_start = _safetensors_header(fpath)
             for name, meta in header.items():
                 if name == "__metadata__":
                     continue
@@ -263,16 +264,8 @@ class CheckpointStore:
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (name, tensor) one at a time, file by file."""
-        if self.format == "bin":
-            for name in self._infos:
-                yield name, self.get(name)
-            return
-        by_file: dict[str, list[str]] = {}
-        for info in self._infos.values():
-            by_file.setdefault(info.file, []).append(info.name)
-        for names in by_file.values():
-            for name in names:
-                yield name, self.get(name)
+        for name in self._infos:  # filled file by file in `_scan`
+            yield name, self.get(name)
 
     @property
     def total_bytes(self) -> int:

@@ -3,7 +3,10 @@
 For each method (linear, slerp, ties) the same mergekit YAML recipe is run by
 `lsmerge merge-weights --mergekit_config` and by `mergekit-yaml` (its own venv), each as a fresh
 subprocess, alternating, `--repeats` times; the median wall time and the median peak memory are
-reported. Peak memory is polled from the parent every ~2 ms in /proc/PID/status: VmRSS (all
+reported. A mergekit recipe keeps mergekit's choice among entries tied at TIES' trim cut
+(`tie_break: mergekit`, a full sort); `ties_index` runs the same merge from lsmerge's own flags,
+whose default `tie_break: index` keeps the lowest indices among them (mergekit still runs the
+ties recipe). After the timed runs, each method's outputs are compared tensor by tensor. Peak memory is polled from the parent every ~2 ms in /proc/PID/status: VmRSS (all
 resident pages, including memory-mapped input files) and RssAnon (anonymous memory only: the
 tensors the process allocated). Goal: lsmerge <= 0.5x mergekit's wall time and peak RSS.
 
@@ -70,6 +73,12 @@ merge_method: ties
 base_model: {A}
 dtype: float32
 """,
+}
+RECIPES["ties_index"] = RECIPES["ties"]
+# lsmerge's own flags for a recipe (default: the recipe through --mergekit_config).
+NATIVE = {
+    "ties_index": lambda a, b: ["--method", "ties", "--base_model", str(a), "--models", f"[{b}]",
+                                "--parameters", "{weight: [1.0], density: 0.5}", "--dtype", "float32"],
 }
 
 
@@ -165,10 +174,30 @@ def make_width_model(dst: Path, layers: int, seed: int) -> Path:
     return dst
 
 
-def commands(tool: str, recipe: Path, out: Path, mergekit_bin: str) -> list[str]:
+def commands(tool: str, method: str, recipe: Path, out: Path, mergekit_bin: str, a: Path, b: Path) -> list[str]:
     if tool == "lsmerge":
-        return [*LSMERGE, "--mergekit_config", str(recipe), "--out", str(out), "--progress", "false"]
+        inputs = NATIVE[method](a, b) if method in NATIVE else ["--mergekit_config", str(recipe)]
+        return [*LSMERGE, *inputs, "--out", str(out), "--progress", "false"]
     return [mergekit_bin, str(recipe), str(out)]
+
+
+def compare_outputs(ours: Path, theirs: Path) -> str:
+    """Tensor-by-tensor comparison of two merged checkpoints (safetensors, any sharding)."""
+    from lsmerge.io.store import open_checkpoint
+
+    x, y = open_checkpoint(ours), open_checkpoint(theirs)
+    names = sorted(set(x.names) & set(y.names))
+    same, entries, worst = 0, 0, 0.0
+    for n in names:
+        p, q = x.get(n).float(), y.get(n).float()
+        if torch.equal(p, q):
+            same += 1
+            continue
+        entries += int((p != q).sum())
+        worst = max(worst, float(((p - q).norm() / q.norm().clamp_min(1e-30))))
+    only = len(set(x.names) ^ set(y.names))
+    return (f"{same} of {len(names)} tensors bit-identical; {entries} entries differ; "
+            f"worst relative Frobenius difference {worst:.2e}" + (f"; {only} names in one output only" if only else ""))
 
 
 def bench_pair(a: Path, b: Path, methods, tools, repeats: int, mergekit_bin: str, work: Path) -> dict:
@@ -181,11 +210,17 @@ def bench_pair(a: Path, b: Path, methods, tools, repeats: int, mergekit_bin: str
             for tool in tools:  # alternate, so load changes hit both alike
                 out = work / f"out_{tool}_{method}"
                 shutil.rmtree(out, ignore_errors=True)
-                m = run_measured(commands(tool, recipe, out, mergekit_bin))
-                shutil.rmtree(out, ignore_errors=True)
+                m = run_measured(commands(tool, method, recipe, out, mergekit_bin, a, b))
+                if r < repeats - 1:
+                    shutil.rmtree(out, ignore_errors=True)
                 runs[tool].append(m)
                 print(f"  {method:6s} {tool:8s} run {r + 1}: {m['wall_s']:.1f} s, VmRSS {m['vmrss_mib']:.0f} MiB, RssAnon {m['rssanon_mib']:.0f} MiB", flush=True)
         results[method] = {tool: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for tool, rs in runs.items()}
+        if len(tools) == 2:
+            results[method]["compare"] = compare_outputs(work / f"out_lsmerge_{method}", work / f"out_mergekit_{method}")
+            print(f"  {method}: {results[method]['compare']}", flush=True)
+        for tool in tools:
+            shutil.rmtree(work / f"out_{tool}_{method}", ignore_errors=True)
     return results
 
 
@@ -220,6 +255,9 @@ def main() -> int:
                 f"| {method} | {ls['wall_s']:.1f} s | {mk['wall_s']:.1f} s | {tw:.2f}x | {ls['vmrss_mib']:.0f} / {ls['rssanon_mib']:.0f} MiB"
                 f" | {mk['vmrss_mib']:.0f} / {mk['rssanon_mib']:.0f} MiB | {tm:.2f}x | {met} |"
             )
+        for method, r in res.items():
+            if "compare" in r:
+                print(f"{method} outputs against mergekit's: {r['compare']}")
         if not args.skip_scaling:
             print("\nScaling (lsmerge only, random models of SmolLM2's width):")
             peaks = {}

@@ -70,9 +70,30 @@ def test_trim_keeps_what_an_argsort_keeps_ties_and_signs_included(dtype):
     mask = torch.zeros_like(x)
     mask[torch.argsort(x.abs().float(), descending=True)[:k]] = 1
     want = x * mask
-    got = trim_to_density(x, 0.37)
+    got = trim_to_density(x, 0.37, tie_break="mergekit")
     assert torch.equal(got, want) and torch.equal(torch.signbit(got), torch.signbit(want))
     assert torch.equal(x, ((torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 50).round() / 1000).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_trim_index_tie_break_keeps_the_lowest_indices_among_ties(dtype):
+    """Default tie_break "index": everything above the cut value, then the tied entries of
+    lowest flat index until exactly k are kept; dropped entries are x * 0 (signs kept)."""
+    g = torch.Generator().manual_seed(3)
+    x = ((torch.randn(3, 70_001, generator=g) * 50).round() / 1000).to(dtype)
+    for density in (0.01, 0.37, 0.8):
+        k = int(density * x.numel())
+        m = x.abs().float().flatten()
+        want_mask = torch.zeros(x.numel(), dtype=torch.bool)
+        order = sorted(range(x.numel()), key=lambda i: (-float(m[i]), i))  # stable: value, then index
+        want_mask[torch.tensor(order[:k])] = True
+        want = x * want_mask.view_as(x).to(dtype)
+        got = trim_to_density(x, density)
+        assert int((got != 0).sum()) <= k and torch.equal(got, want), density
+        assert torch.equal(torch.signbit(got), torch.signbit(want))
+        assert torch.equal(got, trim_to_density(x, density, tie_break="index"))
+    with pytest.raises(ValueError, match="tie_break"):
+        trim_to_density(x, 0.37, tie_break="random")
 
 
 def test_kth_largest_is_exact_without_a_sort():
@@ -102,8 +123,9 @@ def test_trim_without_ties_at_the_cut_keeps_what_an_argsort_keeps(kind):
         k = int(density * x.numel())
         mask = torch.zeros_like(x)
         mask[torch.argsort(x.abs(), descending=True)[:k]] = 1
-        got = trim_to_density(x, density)
-        assert torch.equal(got, x * mask) and torch.equal(torch.signbit(got), torch.signbit(x * mask))
+        for tie_break in ("index", "mergekit"):
+            got = trim_to_density(x, density, tie_break=tie_break)
+            assert torch.equal(got, x * mask) and torch.equal(torch.signbit(got), torch.signbit(x * mask))
 
 
 def test_ties_trim_elect_disjoint_mean_by_hand():
@@ -318,3 +340,17 @@ def test_mergekit_gradient_matches_native_schedule(llamas, tmp_path):
     native = merge_weights(models=[A, B], method="slerp", parameters={"t": [0.1, 0.9]}, out=str(tmp_path / "nat"), progress=False)
     a, b = _sd(mk), _sd(native)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_mergekit_ties_recipe_uses_mergekit_tie_break_and_refuses_ours(tmp_path):
+    from lsmerge.io.archmap import TensorRole
+    from lsmerge.merge.weight.mergekit_config import MergekitParameters, read_mergekit_config
+
+    yml = tmp_path / "t.yml"
+    yml.write_text("merge_method: ties\nbase_model: /m/A\nmodels:\n  - model: /m/B\n    parameters: {weight: 1, density: 0.5}\n")
+    params = MergekitParameters(read_mergekit_config(yml), num_layers=2)
+    resolved = params.resolve("model.layers.0.mlp.up_proj.weight", TensorRole(0, "mlp_up", "mlp.up_proj"))
+    assert resolved["tie_break"] == "mergekit" and resolved["density"] == [0.5]
+    yml.write_text("merge_method: ties\nbase_model: /m/A\nmodels:\n  - model: /m/B\n    parameters: {weight: 1, tie_break: index}\n")
+    with pytest.raises(LsMergeError, match="tie_break"):
+        read_mergekit_config(yml)

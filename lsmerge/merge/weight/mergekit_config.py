@@ -41,6 +41,8 @@ _MK_DEFAULTS = {
     "dare_linear": {"weight": None, "density": 1.0, "normalize": False, "lambda": 1.0, "rescale": "l1"},
     "dare_ties": {"weight": None, "density": 1.0, "normalize": False, "lambda": 1.0, "rescale": "l1"},
 }
+# lsmerge-only parameters pinned to mergekit's behaviour (not accepted in a recipe).
+_MK_FIXED = {"ties": {"tie_break": "mergekit"}}
 _IGNORED = {"int8_mask"}  # changes only the dtype of an internal mask, never a value
 _TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "name"}
 
@@ -221,7 +223,7 @@ class MergekitParameters:
     def __init__(self, recipe: MergekitRecipe, num_layers: int):
         self.recipe = recipe
         self.method: MergeMethod = get_method(recipe.method)
-        self.defaults = _MK_DEFAULTS[recipe.method]
+        self.defaults = {**_MK_DEFAULTS[recipe.method], **_MK_FIXED.get(recipe.method, {})}
         self.slices = []
         for s in recipe.slices:
             start, end = (0, num_layers) if s.start is None else (s.start, s.end)

@@ -11,12 +11,19 @@ from lsmerge.merge.weight.base import MergeMethod, Param, TensorContext, boolean
 from lsmerge.merge.weight.task_arithmetic import combine_deltas, task_vectors, weight_column
 
 
-def trim_to_density(delta: torch.Tensor, density: float) -> torch.Tensor:
+TIE_BREAKS = ("index", "mergekit")
+
+
+def tie_break_choice(v) -> str | None:
+    return None if v in TIE_BREAKS else f"must be one of {list(TIE_BREAKS)}"
+
+
+def trim_to_density(delta: torch.Tensor, density: float, tie_break: str = "index") -> torch.Tensor:
     """Keep the k = max(1, floor(density * numel)) entries of largest |delta|, zero the rest
     (a new tensor; density >= 1 returns `delta` itself). See `trim_to_density_`."""
     if density >= 1 or delta.numel() == 0:
         return delta
-    return trim_to_density_(delta.clone(memory_format=torch.contiguous_format), density)
+    return trim_to_density_(delta.clone(memory_format=torch.contiguous_format), density, tie_break)
 
 
 SAMPLE = 1 << 16  # entries of the strided sample that brackets the k-th largest magnitude
@@ -47,10 +54,19 @@ def kth_largest(values: torch.Tensor, k: int) -> float:
     return float(values.kthvalue(n - k + 1).values)
 
 
-def trim_to_density_(delta: torch.Tensor, density: float) -> torch.Tensor:
+def trim_to_density_(delta: torch.Tensor, density: float, tie_break: str = "index") -> torch.Tensor:
     """In-place `trim_to_density` of a private contiguous buffer (e.g. a row of `task_vectors`).
 
-    Keeps what mergekit's `delta * mask` with mask = `torch.argsort(|delta|, descending=True)[:k]`
+    v = the k-th largest |delta| (float32 magnitudes; `kth_largest`, no sort). All entries with
+    |delta| > v are kept. When more entries equal v than fit (common in bf16 checkpoints, whose
+    values repeat), `tie_break` picks which:
+    - "index" (default): the tied entries of lowest flat index. A few elementwise passes; the
+      same bytes on every device and torch version.
+    - "mergekit": the ones mergekit 0.1.5 keeps, see below. Needs a full sort of the tensor
+      (about 4x the time of "index" on SmolLM2) and depends on torch's CPU sort kernel.
+    Without ties at the cut the two are identical. Dropped entries become delta * 0 (+-0).
+
+    tie_break "mergekit" keeps what mergekit's `delta * mask` with mask = `torch.argsort(|delta|, descending=True)[:k]`
     keeps (float32 magnitudes), bit for bit, dropped entries becoming delta * 0:
     - v = the k-th largest |delta| (`kth_largest`, no sort). When exactly k entries reach v
       (or v = 0: kept and dropped zeros are the same zeros), the kept set is |delta| >= v.
@@ -69,6 +85,16 @@ def trim_to_density_(delta: torch.Tensor, density: float) -> torch.Tensor:
     at_least_v = magnitude >= v
     if v == 0 or int(at_least_v.sum()) == k:
         return delta.mul_(at_least_v.to(delta.dtype).view_as(delta))
+    if tie_break == "index":
+        tied = magnitude == v
+        del magnitude
+        need = k - (int(at_least_v.sum()) - int(tied.sum()))  # tied entries that fit, >= 1
+        cut = int(tied.nonzero()[need - 1]) + 1  # keep ties before flat index `cut`
+        at_least_v[cut:] &= ~tied[cut:]
+        del tied
+        return delta.mul_(at_least_v.to(delta.dtype).view_as(delta))
+    if tie_break != "mergekit":
+        raise ValueError(f"tie_break must be one of {list(TIE_BREAKS)}, got {tie_break!r}")
     del at_least_v
     order = torch.empty(n, dtype=torch.long, device=flat.device)
     if flat.dtype == torch.float32:
@@ -123,6 +149,7 @@ def ties(
     densities: Sequence[float],
     lam: float = 1.0,
     normalize: bool = True,
+    tie_break: str = "index",
 ) -> torch.Tensor:
     """TIES-merging.
 
@@ -134,9 +161,10 @@ def ties(
 
     Float32 arithmetic; the same steps and order as mergekit's `ties` so results agree.
 
-    Args: base (S); tensors N x (S); weights N; densities N in (0, 1]. Returns (S).
+    Args: base (S); tensors N x (S); weights N; densities N in (0, 1]; tie_break: which of the
+    entries tied at the trim's cut are kept (`trim_to_density_`). Returns (S).
     """
-    return ties_of_task_vectors(base, task_vectors(base, tensors), weights, densities, lam, normalize)
+    return ties_of_task_vectors(base, task_vectors(base, tensors), weights, densities, lam, normalize, tie_break)
 
 
 def ties_of_task_vectors(
@@ -146,11 +174,12 @@ def ties_of_task_vectors(
     densities: Sequence[float],
     lam: float = 1.0,
     normalize: bool = True,
+    tie_break: str = "index",
 ) -> torch.Tensor:
     """`ties` from the stacked task vectors `deltas` (N, *S) of `task_vectors`, a private
     buffer that is trimmed and weighted in place (so the inputs can be freed before the sort)."""
     for i, d in enumerate(densities):
-        trim_to_density_(deltas[i], float(d))
+        trim_to_density_(deltas[i], float(d), tie_break)
     # The steps of elect_sign / disjoint_mean / combine_deltas with the same float operations
     # in the same order, but on reused buffers: peak ~ 2 (N, *S) + 1 (*S) float tensors.
     w = weight_column(weights, deltas)
@@ -183,10 +212,13 @@ class Ties(MergeMethod):
         Param("density", 1.0, per_model=True, check=density_range, doc="fraction of each task vector kept"),
         Param("lambda", 1.0, check=finite, doc="scale of the merged task vector"),
         Param("normalize", True, check=boolean, doc="disjoint mean (divide by the agreeing weights)"),
+        Param("tie_break", "index", check=tie_break_choice,
+              doc="entries tied at the trim's cut: 'index' keeps the lowest flat indices (fast, "
+                  "deterministic); 'mergekit' keeps mergekit's choice (a full sort; mergekit recipes use it)"),
     )
     label_param = "density"
 
     def merge(self, tensors, base, params, ctx: TensorContext) -> torch.Tensor:
         deltas = task_vectors(base, tensors)
         release_inputs(tensors)  # the trim's sort needs 12 bytes per entry: free the inputs first
-        return ties_of_task_vectors(base, deltas, params["weight"], params["density"], params["lambda"], params["normalize"])
+        return ties_of_task_vectors(base, deltas, params["weight"], params["density"], params["lambda"], params["normalize"], params["tie_break"])

@@ -1,0 +1,309 @@
+"""Run a results plan (`lsmerge.results.plan`): prepare inputs, train the VAEs, build every
+row's model, score it, run the sweep / inspect / judge extras, then write the table and plots.
+
+Everything is cached under the plan's `out_dir`, keyed by what produced it (the command line
+and the config file's bytes, the evaluation settings): a second run only does what changed,
+and a killed run starts again where it stopped. Commands run in this process through
+`lsmerge.cli.main`, exactly as `lsmerge <command> ...` would run them; their output goes to
+`<out_dir>/logs/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lsmerge.errors import LsMergeError
+from lsmerge.results.plan import Plan, Row, substitute
+from lsmerge.results.vae_runs import write_fit_config
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _flag(key: str, value) -> list[str]:
+    return [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+
+
+def run_lsmerge(argv: list[str], log: Path) -> float:
+    """`lsmerge <argv>` in this process, stdout / stderr appended to `log`; wall seconds."""
+    from lsmerge.cli import main
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        print(f"$ lsmerge {' '.join(argv)}", flush=True)
+        try:
+            main(argv)
+        except SystemExit as e:
+            if e.code not in (0, None):
+                raise LsMergeError(f"`lsmerge {' '.join(argv)}` failed (exit {e.code}); see {log}.") from None
+    return time.perf_counter() - start
+
+
+class Runner:
+    """Executes one plan; `say` prints progress lines."""
+
+    def __init__(self, plan: Plan, say=print):
+        self.plan, self.say = plan, say
+        self.out = Path(plan.out_dir)
+        self.names = plan.names()
+        self.logs = self.out / "logs"
+
+    # -- inputs ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        for step in self.plan.prepare:
+            creates = Path(substitute(step["creates"], self.names))
+            if creates.exists():
+                continue
+            argv = [str(a) for a in substitute(step["argv"], self.names)]
+            if argv[0] == "lsmerge":
+                argv = [sys.executable, "-m", "lsmerge.cli", *argv[1:]]
+            elif argv[0] == "python":
+                argv = [sys.executable, *argv[1:]]
+            self.say(f"prepare: {' '.join(argv)}")
+            subprocess.run(argv, check=True)
+            if not creates.exists():
+                raise LsMergeError(f"prepare step {step['argv']} ran but did not create {creates}.")
+
+    def train_vaes(self) -> None:
+        for run in self.plan.vae_runs:
+            d = self.plan.vae_dir(run.name)
+            cfg = {"base_config": run.base_config, "ratio": run.ratio, "minutes": run.minutes,
+                   "steps_per_minute": run.steps_per_minute, "layers": run.layers,
+                   "base_digest": _file_digest(run.base_config)}  # fmt: skip
+            done = _read_json(d / "done.json")
+            if done and done.get("spec") == cfg and (d / "last.ckpt").is_file():
+                continue
+            if d.exists():
+                shutil.rmtree(d)  # a partial or outdated run of ours: start it again
+            path = write_fit_config(run.base_config, d, ratio=run.ratio, minutes=run.minutes,
+                                    steps_per_minute=run.steps_per_minute, layers=run.layers)  # fmt: skip
+            self.say(f"VAE {run.name}: lsmerge fit --config {path} ({run.minutes} min)")
+            seconds = run_lsmerge(["fit", "--config", str(path)], d / "fit.log")
+            _write_json(d / "done.json", {"spec": cfg, "seconds": seconds})
+
+    # -- rows --------------------------------------------------------------------------------
+    def row_seed(self, row: Row) -> int:
+        return self.plan.seed if row.seed is None else row.seed
+
+    def command_argv(self, row: Row, out: Path) -> list[str]:
+        argv = [row.command]
+        if row.config:
+            argv += ["--config", row.config]
+        args = substitute(row.args, self.names)
+        if row.command in ("merge", "merge-weights"):
+            args.setdefault("seed", self.row_seed(row))
+            args.setdefault("progress", False)
+        for k, v in args.items():
+            argv += _flag(k, v)
+        return argv + ["--out", str(out)]
+
+    def model_dir(self, row: Row) -> Path:
+        return self.out / "models" / row.slug
+
+    def build(self, row: Row) -> dict:
+        """Create a command row's model (cached); returns {"path", "seconds", "key"}."""
+        if row.model is not None:
+            path = Path(substitute(row.model, self.names))
+            if not (path / "config.json").is_file():
+                raise LsMergeError(f"row {row.name!r}: {path} is not a checkpoint folder (no config.json).")
+            files = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in path.glob("*.safetensors"))
+            return {"path": str(path), "seconds": None, "key": _digest([str(path), files])}
+        if row.hidden is not None:
+            spec = substitute(row.hidden, self.names)
+            return {"path": None, "seconds": None, "key": _digest(spec), "hidden": spec}
+        out = self.model_dir(row)
+        argv = self.command_argv(row, out)
+        key = _digest([argv, _file_digest(row.config) if row.config else None] + self._input_keys(row))
+        stamp_path = out.with_name(out.name + ".json")
+        stamp = _read_json(stamp_path)
+        if stamp and stamp.get("key") == key and (out / "config.json").is_file():
+            return {"path": str(out), "seconds": stamp["seconds"], "key": key}
+        if out.exists():
+            shutil.rmtree(out)
+        stamp_path.unlink(missing_ok=True)
+        self.say(f"build {row.name}: lsmerge {' '.join(argv)}")
+        seconds = run_lsmerge(argv, self.logs / f"{row.slug}.log")
+        _write_json(stamp_path, {"key": key, "seconds": seconds, "argv": argv})
+        return {"path": str(out), "seconds": seconds, "key": key}
+
+    def _input_keys(self, row: Row) -> list:
+        """Digests of the VAE runs a row uses, so retraining rebuilds the row."""
+        text = json.dumps(row.args)
+        return [_read_json(self.plan.vae_dir(r.name) / "done.json") for r in self.plan.vae_runs if f"{{vae:{r.name}}}" in text]
+
+    def eval_settings(self) -> dict:
+        e = dict(self.plan.eval)
+        e.setdefault("split", "test")
+        e.setdefault("root", "checkpoints")
+        e.setdefault("max_length", 512)
+        e.setdefault("stride", 256)
+        e.setdefault("batch_size", 4)
+        e.setdefault("max_tokens", None)
+        e.setdefault("dtype", "float32")
+        return e
+
+    def score(self, row: Row, built: dict) -> dict:
+        """Perplexity per corpus, cached: {corpus: {"perplexity", "nll", "tokens"}}, "seconds"."""
+        settings = self.eval_settings()
+        key = _digest([built["key"], settings])
+        path = self.out / "scores" / f"{row.slug}.json"
+        cached = _read_json(path)
+        if cached and cached.get("key") == key:
+            return cached
+        self.say(f"score {row.name}")
+        start = time.perf_counter()
+        result = {"key": key, "corpora": score_model(built, settings)}
+        result["seconds"] = time.perf_counter() - start
+        _write_json(path, result)
+        return result
+
+    # -- extras ------------------------------------------------------------------------------
+    def sweep(self) -> Path | None:
+        if not self.plan.sweep:
+            return None
+        args = substitute(self.plan.sweep, self.names)
+        out = self.out / "sweep"
+        key = _digest(args)
+        stamp = _read_json(out / "stamp.json")
+        if not (stamp and stamp.get("key") == key and (out / "sweep_heatmap.png").is_file()):
+            argv = ["sweep", *sum((_flag(k, v) for k, v in args.items()), []), "--output_dir", str(out), "--overwrite", "true"]
+            self.say(f"sweep: lsmerge {' '.join(argv)}")
+            run_lsmerge(argv, self.logs / "sweep.log")
+            _write_json(out / "stamp.json", {"key": key})
+        dst = Path(self.plan.plots_dir) / "sweep_heatmap.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "sweep_heatmap.png", dst)
+        return dst
+
+    def inspect(self) -> list[Path]:
+        plots = []
+        for spec in self.plan.inspect:
+            model = Path(substitute(spec, self.names))
+            dst = Path(self.plan.plots_dir) / f"kurtosis_{model.name}.png"
+            if not dst.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                self.say(f"inspect {model}")
+                run_lsmerge(["inspect", "--model", str(model), "--plot", str(dst)], self.logs / f"inspect-{model.name}.log")
+            plots.append(dst)
+        return plots
+
+    def judge(self, built: dict[str, dict]) -> list[dict]:
+        """Generations of every judged row (cached) and one `lsmerge judge` per pair."""
+        cfg = self.plan.judge
+        if not cfg:
+            return []
+        cfg = substitute(cfg, self.names)
+        gen = {"prompts": cfg["prompts"], "max_new_tokens": cfg.get("max_new_tokens", 48), "seed": self.plan.seed,
+               **cfg.get("generate_args", {})}  # fmt: skip
+        gen_flags = sum((_flag(k, v) for k, v in gen.items()), [])
+        rows_needed = sorted({n for pair in cfg["pairs"] for n in pair})
+        files = {}
+        for name in rows_needed:
+            row, b = self.plan.row(name), built[name]
+            path = self.out / "generate" / f"{row.slug}.jsonl"
+            key = _digest([b["key"], gen, _file_digest(gen["prompts"])])
+            stamp = _read_json(path.with_suffix(".json"))
+            if not (stamp and stamp.get("key") == key and path.is_file()):
+                if b.get("hidden"):
+                    h = b["hidden"]
+                    model_args = ["--base", h["base"], "--fine_tuned", json.dumps([h["source"]]), "--operator", h["operator"],
+                                  "--mix_layer", str(h["mix_layer"]), "--beta", str(h["beta"]), "--tokens", "all"]  # fmt: skip
+                else:
+                    model_args = ["--base", b["path"], "--operator", "null"]
+                argv = ["generate", *model_args, *gen_flags, "--output", str(path), "--overwrite", "true"]
+                self.say(f"generate {name}")
+                run_lsmerge(argv, self.logs / f"generate-{row.slug}.log")
+                _write_json(path.with_suffix(".json"), {"key": key})
+            files[name] = path
+        results = []
+        for a, b in cfg["pairs"]:
+            out = self.out / "judge" / f"{self.plan.row(a).slug}__vs__{self.plan.row(b).slug}.json"
+            judge_flags = sum((_flag(k, v) for k, v in cfg.get("judge_args", {}).items()), [])
+            key = _digest([_file_digest(files[a]), _file_digest(files[b]), cfg.get("model"), judge_flags])
+            stamp = _read_json(out.with_suffix(".stamp.json"))
+            if not (stamp and stamp.get("key") == key and out.is_file()):
+                self.say(f"judge {a} vs {b}")
+                run_lsmerge(["judge", "--responses_a", str(files[a]), "--responses_b", str(files[b]), "--judge", "local",
+                             "--model", cfg["model"], *judge_flags, "--out", str(out)], self.logs / "judge.log")  # fmt: skip
+                _write_json(out.with_suffix(".stamp.json"), {"key": key})
+            results.append({"a": a, "b": b, "summary": json.loads(out.read_text())["summary"], "judge": cfg["model"]})
+        return results
+
+    # -- all ---------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from lsmerge.results.report import write_report
+
+        self.prepare()
+        self.train_vaes()
+        records = []
+        built = {}
+        for row in self.plan.rows:
+            b = self.build(row)
+            built[row.name] = b
+            s = self.score(row, b)
+            records.append({"row": row, "built": b, "scores": s})
+            ppl = ", ".join(f"{c} {v['perplexity']:.4g}" for c, v in s["corpora"].items())
+            self.say(f"  {row.group} / {row.name}: {ppl}")
+        extras = {"sweep": self.sweep(), "kurtosis": self.inspect(), "judge": self.judge(built)}
+        return write_report(self.plan, records, extras, self.eval_settings())
+
+
+def score_model(built: dict, settings: dict) -> dict:
+    """Perplexity of a checkpoint (`built["path"]`) or of a hidden-state mix (`built["hidden"]`)
+    on every corpus, with one tokenisation and one set of windows for both kinds of row."""
+    from lsmerge.callbacks.baselines import _MixedForward
+    from lsmerge.evaluate.perplexity import _tokenize, perplexity_of_ids, resolve_corpus
+    from lsmerge.generate import load_causal_lm, load_tokenizer
+    from lsmerge.merge.hidden import HiddenStateMixer, MixSpec
+
+    hidden = built.get("hidden")
+    first = hidden["base"] if hidden else built["path"]
+    tokenizer = load_tokenizer(first)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    model = load_causal_lm(first, settings["dtype"], "cpu")
+    with contextlib.ExitStack() as stack:
+        if hidden:
+            expert = load_causal_lm(hidden["source"], settings["dtype"], "cpu")
+            mixer = stack.enter_context(HiddenStateMixer(model, MixSpec(hidden["operator"], int(hidden["mix_layer"]), float(hidden["beta"]), "all")))
+            model = _MixedForward(model, expert, mixer, int(hidden["mix_layer"]))
+        out = {}
+        for corpus in settings["corpora"]:
+            path = resolve_corpus(settings["root"], corpus, settings["split"])
+            if not path.is_file():
+                raise LsMergeError(f"corpus {corpus} ({path}) is missing; run `lsmerge fetch` first.")
+            ids = _tokenize(tokenizer, path.read_text(encoding="utf-8"), settings["max_tokens"])
+            with torch.inference_mode():
+                ppl, nll, count, _ = perplexity_of_ids(model, ids, max_length=settings["max_length"], stride=settings["stride"],
+                                                       batch_size=settings["batch_size"], pad_id=pad_id)  # fmt: skip
+            out[corpus] = {"perplexity": ppl, "nll": nll, "tokens": count}
+    return out

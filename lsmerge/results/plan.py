@@ -1,0 +1,188 @@
+"""The results plan: what `scripts/reproduce.py` builds, merges, scores and plots.
+
+A plan is a YAML file (`configs/results/smollm2.yaml`); every row names the command and the
+shipped config that produce its model, so the table can state them. Strings may refer to
+named paths as `{name}`: the plan's `models` and, for each VAE run, `{vae:<run name>}` (its
+`last.ckpt`).
+
+    out_dir: checkpoints/results        # merged models, scores, generations (cached)
+    results: RESULTS.md                 # the table
+    plots_dir: results                  # PNG plots
+    seed: 0
+    models: {base: checkpoints/base/smollm2-135m-instruct, ...}
+    prepare:                            # commands run when `creates` is missing
+      - {argv: [lsmerge, fetch], creates: checkpoints/base/smollm2-135m-instruct/config.json}
+    vae_runs:                           # `lsmerge fit` of a derived config (lsmerge.results.vae_runs)
+      - {name: r2-30min, base_config: configs/vae/smollm2_mlp.yaml, ratio: 2, minutes: 30}
+    eval: {corpora: [shakespeare, python], split: test, max_tokens: 4096, max_length: 512, stride: 256}
+    groups: {reconstruction: "1. Reconstruction", ...}   # section titles, in order
+    rows:
+      - {group: reconstruction, name: base, model: "{base}"}
+      - {group: reconstruction, name: VAE ratio 2, command: export, args: {vae: "{vae:r2-30min}", model: "{base}"}}
+      - {group: experts, name: TIES, command: merge-weights, config: configs/merge_weights/ties.yaml,
+         args: {models: ["{expert1}", "{expert2}"]}, curve: null}
+      - {group: experts, name: hidden SLERP, hidden: {base: "{expert1}", source: "{expert2}",
+         operator: slerp, mix_layer: 24, beta: 0.5}}
+    sweep: {base: "{base}", fine_tuned: ["{expert1}"], text: ..., layers: [...], ratios: [...]}
+    inspect: ["{base}", "{gemma}"]     # kurtosis-per-layer figures
+    judge: {model: "{base}", prompts: FILE, max_new_tokens: 48, pairs: [[row A, row B], ...]}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lsmerge.errors import LsMergeError
+
+ROW_COMMANDS = ("merge", "merge-weights", "export")
+HIDDEN_KEYS = {"base", "source", "operator", "mix_layer", "beta"}
+
+
+@dataclass
+class Row:
+    """One line of the table: a model to score (an existing checkpoint, one a command
+    writes, or a hidden-state mix of two checkpoints)."""
+
+    group: str
+    name: str
+    model: str | None = None
+    command: str | None = None
+    config: str | None = None
+    args: dict = field(default_factory=dict)
+    hidden: dict | None = None
+    curve: str | None = None  # rows of one curve are plotted as perplexity against `x`
+    x: float | None = None
+    seed: int | None = None
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9.]+", "-", f"{self.group}-{self.name}").strip("-").lower()
+
+
+@dataclass
+class VAERun:
+    name: str
+    base_config: str
+    ratio: float
+    minutes: float
+    steps_per_minute: int = 500
+    layers: list[int] | None = None
+
+
+@dataclass
+class Plan:
+    out_dir: str
+    results: str
+    plots_dir: str
+    eval: dict
+    rows: list[Row]
+    seed: int = 0
+    models: dict[str, str] = field(default_factory=dict)
+    prepare: list[dict] = field(default_factory=list)
+    vae_runs: list[VAERun] = field(default_factory=list)
+    groups: dict[str, str] = field(default_factory=dict)
+    sweep: dict | None = None
+    inspect: list[str] = field(default_factory=list)
+    judge: dict | None = None
+    title: str = "Results"
+    vae_root: str | None = None  # default <out_dir>/vae
+
+    def vae_dir(self, name: str) -> Path:
+        return Path(self.vae_root or Path(self.out_dir) / "vae") / name
+
+    def names(self) -> dict[str, str]:
+        """Placeholder values: the plan's models and `vae:<run>` checkpoints."""
+        out = dict(self.models)
+        out.update({f"vae:{r.name}": str(self.vae_dir(r.name) / "last.ckpt") for r in self.vae_runs})
+        return out
+
+    def row(self, name: str) -> Row:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise LsMergeError(f"results plan: no row named {name!r} (rows: {[r.name for r in self.rows]}).")
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_:.\-]+)\}")
+
+
+def substitute(value: Any, names: dict[str, str]) -> Any:
+    """`value` with every `{name}` in its strings replaced (lists and dicts recursively)."""
+    if isinstance(value, str):
+        def one(m: re.Match) -> str:
+            if m.group(1) not in names:
+                raise LsMergeError(f"results plan: unknown name {{{m.group(1)}}}; define it under models: (known: {sorted(names)}).")
+            return names[m.group(1)]
+
+        return _PLACEHOLDER.sub(one, value)
+    if isinstance(value, list):
+        return [substitute(v, names) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, names) for k, v in value.items()}
+    return value
+
+
+def _check_row(r: Row, where: str) -> None:
+    sources = [k for k in ("model", "command", "hidden") if getattr(r, k) is not None]
+    if len(sources) != 1:
+        raise LsMergeError(f"{where}: give exactly one of model, command or hidden (got {sources or 'none'}).")
+    if r.command is not None and r.command not in ROW_COMMANDS:
+        raise LsMergeError(f"{where}: command {r.command!r} is not one of {list(ROW_COMMANDS)}.")
+    if r.config is not None and r.command is None:
+        raise LsMergeError(f"{where}: config is only used with command.")
+    if r.config is not None and not Path(r.config).is_file():
+        raise LsMergeError(f"{where}: config {r.config} does not exist.")
+    if "out" in r.args:
+        raise LsMergeError(f"{where}: args must not set out; the pipeline chooses the output folder.")
+    if r.hidden is not None and set(r.hidden) != HIDDEN_KEYS:
+        raise LsMergeError(f"{where}: hidden needs exactly the keys {sorted(HIDDEN_KEYS)}, got {sorted(r.hidden)}.")
+    if (r.curve is None) != (r.x is None):
+        raise LsMergeError(f"{where}: curve and x go together.")
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and check a plan (structure, names, configs) before anything runs."""
+    p = Path(path)
+    if not p.is_file():
+        raise LsMergeError(f"results plan {p} does not exist.")
+    raw = yaml.safe_load(p.read_text()) or {}
+    known = set(Plan.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise LsMergeError(f"results plan {p}: unknown keys {sorted(unknown)} (known: {sorted(known)}).")
+    for key in ("out_dir", "results", "plots_dir", "eval", "rows"):
+        if key not in raw:
+            raise LsMergeError(f"results plan {p}: {key} is required.")
+    rows = []
+    for i, r in enumerate(raw["rows"]):
+        where = f"results plan {p}: rows[{i}]"
+        try:
+            row = Row(**r)
+        except TypeError as e:
+            raise LsMergeError(f"{where}: {e}") from None
+        _check_row(row, where)
+        rows.append(row)
+    runs = []
+    for i, v in enumerate(raw.get("vae_runs") or []):
+        try:
+            runs.append(VAERun(**v))
+        except TypeError as e:
+            raise LsMergeError(f"results plan {p}: vae_runs[{i}]: {e}") from None
+    plan = Plan(**{**raw, "rows": rows, "vae_runs": runs})
+    slugs = [r.slug for r in rows]
+    dup = sorted({s for s in slugs if slugs.count(s) > 1})
+    if dup:
+        raise LsMergeError(f"results plan {p}: rows with the same group and name: {dup}.")
+    names = plan.names()
+    for r in rows:
+        substitute([r.model, r.args, r.hidden], names)  # unknown names fail here, before any work
+        if r.group not in plan.groups:
+            plan.groups[r.group] = r.group
+    for a, b in (plan.judge or {}).get("pairs", []):
+        plan.row(a), plan.row(b)
+    return plan

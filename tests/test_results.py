@@ -1,0 +1,182 @@
+"""`scripts/reproduce.py`'s pipeline end to end on tiny models: a base, two experts and a
+Gemma-3 target built here, a tiny VAE fit, every kind of row, the sweep, the kurtosis figure,
+the judge, then RESULTS.md; a second run reuses every cached step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lsmerge.errors import LsMergeError
+from lsmerge.results.pipeline import Runner
+from lsmerge.results.plan import load_plan
+from lsmerge.results.vae_runs import derive_fit_config, latent_dim_for
+
+WORDS = "the of and to in is was for on with as by at from his her they we you it not but be this which A B tie".split()
+
+
+def _text(n: int, seed: int) -> str:
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(WORDS[i] for i in torch.randint(len(WORDS), (n,), generator=g).tolist()) + "\n"
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "<s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>", eos_token="<s>")
+
+
+def _save(model, tok, path: Path) -> str:
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Tiny base, two 'experts' (the base plus small task vectors), a tiny Gemma-3, corpora."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("world")
+    tok = _tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      vocab_size=64, pad_token_id=1, bos_token_id=2, eos_token_id=2)  # fmt: skip
+    base = LlamaForCausalLM(cfg).eval()
+    paths = {"base": _save(base, tok, root / "base")}
+    for i in (1, 2):
+        g = torch.Generator().manual_seed(10 + i)
+        expert = LlamaForCausalLM(cfg).eval()
+        expert.load_state_dict({k: v + 0.02 * v.std().nan_to_num() * torch.randn(v.shape, generator=g) for k, v in base.state_dict().items()})
+        paths[f"expert{i}"] = _save(expert, tok, root / f"expert{i}")
+    gcfg = Gemma3TextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            head_dim=12, vocab_size=64, max_position_embeddings=256, sliding_window=16, pad_token_id=1)  # fmt: skip
+    paths["gemma"] = _save(Gemma3ForCausalLM(gcfg).eval(), tok, root / "gemma")
+    for j, corpus in enumerate(("shakespeare", "python")):
+        d = root / "corpora" / corpus
+        d.mkdir(parents=True)
+        for k, split in enumerate(("train", "validation", "test")):
+            (d / f"{split}.txt").write_text(_text(300, seed=10 * j + k))
+    (root / "prompts.txt").write_text("the of and\nwe they you\n")
+    vae = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "val_check_interval": 5, "check_val_every_n_epoch": None,
+                    "log_every_n_steps": 5, "enable_progress_bar": False},
+        "data": {"checkpoints": [paths["base"]], "kinds": ["mlp"], "chunk_size": 32, "layout": "flat", "tokens_per_sample": 8,
+                 "normalization": "zscore", "val_fraction": 0.0, "batch_size": 8},
+        "model": {"latent_dim": 32, "d_model": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ae_steps": 10,
+                  "beta_max": 1.0e-4, "beta_warmup_steps": 5, "lr": 2.0e-3, "lr_warmup_steps": 2},
+    }  # fmt: skip
+    (root / "vae.yaml").write_text(yaml.safe_dump(vae))
+    return root, paths
+
+
+def _plan(root: Path, paths: dict) -> dict:
+    pca = {"codec": "pca", "chunk_size": 32, "rank": 16}
+    two = ["{expert1}", "{expert2}"]
+    rows = [
+        {"group": "recon", "name": "base", "model": "{base}"},
+        {"group": "recon", "name": "VAE ratio 2", "command": "export", "args": {"vae": "{vae:r2}", "model": "{base}"}},
+        {"group": "recon", "name": "PCA full rank", "command": "merge", "config": "configs/merge/self_merge.yaml",
+         "args": {"models": ["{base}"], "temperature": 0.0, "delta": "none", **pca, "rank": 32}},
+        {"group": "self", "name": "LS-Merge self-merge", "command": "merge", "config": "configs/merge/self_merge.yaml",
+         "args": {"models": ["{base}"], **pca}},
+        {"group": "experts", "name": "expert 1", "model": "{expert1}"},
+        {"group": "experts", "name": "TIES", "command": "merge-weights", "config": "configs/merge_weights/ties.yaml",
+         "args": {"base_model": "{base}", "models": two, "parameters": {"weight": [1.0, 1.0], "density": 0.5}}},
+        {"group": "experts", "name": "DARE-TIES", "command": "merge-weights", "config": "configs/merge_weights/dare_ties.yaml",
+         "args": {"base_model": "{base}", "models": two, "parameters": {"weight": [1.0, 1.0], "density": 0.5}}},
+        {"group": "experts", "name": "RegMean", "command": "merge-weights", "config": "configs/merge_weights/regmean.yaml",
+         "args": {"models": two, "calibration": {"files": [str(root / "corpora/shakespeare/train.txt")], "max_tokens": 64, "seq_len": 16}}},
+        {"group": "experts", "name": "hidden SLERP", "hidden": {"base": "{expert1}", "source": "{expert2}", "operator": "slerp", "mix_layer": 1, "beta": 0.5}},
+        {"group": "experts", "name": "LS-Merge soup (VAE)", "command": "merge", "config": "configs/merge/soup_n.yaml",
+         "args": {"models": two, "weights": [0.5, 0.5], "codec": "{vae:r2}", "kinds": ["mlp"], "delta": "latent", "base": "{base}"}},
+        {"group": "hetero", "name": "Gemma-3 target", "model": "{gemma}"},
+        {"group": "hetero", "name": "OT + interpolation 0.1", "command": "merge", "config": "configs/merge/smollm2_to_gemma3_hetero.yaml",
+         "args": {"models": ["{gemma}", "{base}"], "lam": 0.1, "delta": "latent", **pca}},
+    ]
+    rows += [{"group": "experts", "name": f"linear {x}", "command": "merge-weights", "config": "configs/merge_weights/linear.yaml",
+              "args": {"models": two, "parameters": {"weight": [1 - x, x]}}, "curve": "weight linear", "x": x} for x in (0.0, 0.5, 1.0)]
+    return {
+        "title": "Tiny results", "out_dir": str(root / "out"), "results": str(root / "RESULTS.md"), "plots_dir": str(root / "plots"),
+        "seed": 0, "models": paths,
+        "prepare": [{"argv": ["python", "-c", f"open({str(root / 'prepared')!r}, 'w').write('ok')"], "creates": str(root / "prepared")}],
+        "vae_runs": [{"name": "r2", "base_config": str(root / "vae.yaml"), "ratio": 2, "minutes": 0.1, "steps_per_minute": 150}],
+        "eval": {"corpora": ["shakespeare", "python"], "split": "test", "root": str(root), "max_tokens": 64, "max_length": 16, "stride": 8},
+        "groups": {"recon": "1. Reconstruction", "self": "2. Self-merge", "experts": "3. Experts", "hetero": "4. Heterogeneous"},
+        "rows": rows,
+        "sweep": {"base": "{base}", "fine_tuned": ["{expert1}"], "text": str(root / "corpora/shakespeare/test.txt"),
+                  "layers": [1, 2], "ratios": [0.5], "seq_len": 16, "max_chunks": 2},
+        "inspect": ["{base}"],
+        "judge": {"model": "{base}", "prompts": str(root / "prompts.txt"), "max_new_tokens": 4, "pairs": [["TIES", "hidden SLERP"]],
+                  "generate_args": {"chat_template": False}, "judge_args": {"chat_template": False}},
+    }  # fmt: skip
+
+
+def test_pipeline_end_to_end_and_cached(world, tmp_path):
+    root, paths = world
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(yaml.safe_dump(_plan(root, paths), sort_keys=False))
+    summary = Runner(load_plan(plan_path), say=lambda s: None).run()
+    text = Path(summary["results"]).read_text()
+    for title in ("1. Reconstruction", "2. Self-merge", "3. Experts", "4. Heterogeneous", "Pairwise judge", "What the numbers show"):
+        assert f"## {title}" in text
+    assert "configs/merge_weights/ties.yaml" in text and "{vae:r2}" in text
+    assert {Path(p).name for p in summary["plots"]} == {"interpolation_curves.png", "sweep_heatmap.png", "kurtosis_base.png"}
+    assert all(Path(p).stat().st_size > 1000 for p in summary["plots"])
+    scores = {p.stem: json.loads(p.read_text()) for p in (root / "out/scores").glob("*.json")}
+    ppl = lambda slug, c: scores[slug]["corpora"][c]["perplexity"]  # noqa: E731
+    for c in ("shakespeare", "python"):
+        # a weight LERP at x = 0 is expert 1 itself; a full-rank PCA reconstruction is the base
+        assert ppl("experts-linear-0.0", c) == pytest.approx(ppl("experts-expert-1", c), rel=1e-5)
+        assert ppl("recon-pca-full-rank", c) == pytest.approx(ppl("recon-base", c), rel=1e-3)
+        assert all(v["corpora"][c]["perplexity"] > 1 for v in scores.values())
+    # the VAE fit ran from the derived config, and its checkpoint was used
+    assert (root / "out/vae/r2/done.json").is_file() and (root / "out/models/recon-vae-ratio-2/config.json").is_file()
+    # second run: nothing is trained, built, scored, generated or judged again
+    said = []
+    Runner(load_plan(plan_path), say=said.append).run()
+    work = [s for s in said if not s.startswith("  ")]  # "  group / row: perplexities" lines report
+    assert work == [] and len(said) == len(_plan(root, paths)["rows"]), said
+
+
+def test_derived_fit_config_and_ratio():
+    base = {"trainer": {"max_steps": 3000}, "data": {"chunk_size": 64, "layers": [0]}, "model": {"latent_dim": 32}}
+    cfg = derive_fit_config(base, ratio=1.6, minutes=7.5, out_dir="x/y", steps_per_minute=100)
+    assert cfg["model"]["latent_dim"] == 40 == latent_dim_for(64, 1.6)
+    assert cfg["trainer"]["max_time"] == "00:00:07:30" and cfg["trainer"]["max_steps"] == 750
+    assert cfg["data"]["layers"] is None and base["data"]["layers"] == [0]  # the base is not modified
+    assert cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] == "x/y"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p["rows"].append({"group": "g", "name": "x", "model": "{nope}"}), "unknown name {nope}"),
+        (lambda p: p["rows"].append({"group": "g", "name": "x", "model": "{base}", "command": "merge"}), "exactly one of"),
+        (lambda p: p["rows"].append({"group": "g", "name": "x", "command": "fit"}), "not one of"),
+        (lambda p: p["rows"].append({"group": "g", "name": "x", "command": "merge", "config": "configs/none.yaml"}), "does not exist"),
+        (lambda p: p["rows"].append({"group": "g", "name": "x", "command": "merge", "args": {"out": "o"}}), "must not set out"),
+        (lambda p: p["rows"].append(dict(p["rows"][0])), "same group and name"),
+        (lambda p: p["judge"].update(pairs=[["TIES", "missing row"]]), "no row named 'missing row'"),
+        (lambda p: p.update(colour="red"), "unknown keys ['colour']"),
+    ],
+)
+def test_bad_plans_are_refused_before_any_work(world, tmp_path, change, message):
+    root, paths = world
+    plan = _plan(root, paths)
+    plan["out_dir"] = str(tmp_path / "never")
+    change(plan)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    with pytest.raises(LsMergeError, match=message.replace("[", r"\[").replace("]", r"\]").replace("{", r"\{").replace("}", r"\}")):
+        load_plan(path)
+    assert not (tmp_path / "never").exists()

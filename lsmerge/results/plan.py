@@ -26,6 +26,7 @@ named paths as `{name}`: the plan's `models` and, for each VAE run, `{vae:<run n
     sweep: {base: "{base}", fine_tuned: ["{expert1}"], text: ..., layers: [...], ratios: [...]}
     inspect: ["{base}", "{gemma}"]     # kurtosis-per-layer figures
     judge: {model: "{base}", prompts: FILE, max_new_tokens: 48, pairs: [[row A, row B], ...]}
+    notes: "markdown"                   # printed under "Notes" as written
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class Plan:
     inspect: list[str] = field(default_factory=list)
     judge: dict | None = None
     title: str = "Results"
+    notes: str = ""  # markdown appended to the report as is (caveats that hold whatever the numbers)
     vae_root: str | None = None  # default <out_dir>/vae
 
     def vae_dir(self, name: str) -> Path:

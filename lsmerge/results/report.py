@@ -156,6 +156,8 @@ def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict) 
             lines.append(f"| {j['a']} | {j['b']} | `{j['judge']}` | {s['pairs']} | {s['wins']} | {s['ties']} | {s['losses']} | "
                          f"{s['score']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] |")  # fmt: skip
     lines += ["", "## What the numbers show", "", *findings(plan, records, corpora)]
+    if plan.notes.strip():
+        lines += ["", "## Notes", "", plan.notes.strip()]
     figures = [("Interpolation curves", curve_png), ("Hidden-state mixing sweep (layer x ratio)", extras.get("sweep"))]
     figures += [(f"Kurtosis per layer: {Path(p).stem.removeprefix('kurtosis_')}", p) for p in extras.get("kurtosis") or []]
     figures = [(t, p) for t, p in figures if p]

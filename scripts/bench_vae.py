@@ -17,6 +17,11 @@ medians are reported as well).
 Codec: every selected tensor (all layers of the recipe's kinds with --codec_all_layers) is
 encoded and decoded with `VAECodec`; wall time and mean relative Frobenius error are reported.
 
+Linear bound (--pca_bound): the share of variance of the recipe's normalised chunks that the
+best single linear basis of rank r keeps (eigenvalues of the chunk covariance), for the ranks
+of compression ratios 1, 1.6, 2 and 4: what a PCA codec reaches, and near what a VAE's R² can
+reach on near-isotropic chunks.
+
 Prints JSON, with the load average before and after. On a shared machine set
 OMP_WAIT_POLICY=passive: with both cores busy, spinning OpenMP threads wait for a descheduled
 peer at every parallel region (see BENCHMARKS.md).
@@ -103,6 +108,31 @@ class _Interleave(L.Callback):
         return lightning, plain
 
 
+def pca_bound(recipe: dict, model: str | None = None, ratios=(1, 1.6, 2, 4)) -> dict:
+    """Variance kept by the top-r eigenvectors of the (chunk_size x chunk_size) second-moment
+    matrix of all normalised chunks of the recipe's kinds, every layer (flat layout)."""
+    from lsmerge.data.chunking import normalize, tensor_stats
+    from lsmerge.data.weight_datamodule import select_tensors
+    from lsmerge.io.archmap import ArchitectureMap
+    from lsmerge.io.store import open_checkpoint
+
+    data = recipe["data"]
+    store = open_checkpoint(model or data["checkpoints"][0].split(":", 1)[-1])
+    arch = ArchitectureMap.from_config(store.config)
+    c = int(data["chunk_size"])
+    moment, n = torch.zeros(c, c, dtype=torch.float64), 0
+    names = select_tensors(store, arch, data.get("kinds"), None, data.get("pattern"))
+    for name in names:
+        w = store.get(name).float().flatten()
+        x = normalize(w, tensor_stats(w), data.get("normalization", "zscore"))
+        x = torch.nn.functional.pad(x, (0, -x.numel() % c)).view(-1, c).double()
+        moment += x.T @ x
+        n += x.shape[0]
+    ev = torch.linalg.eigvalsh(moment / n).flip(0)
+    kept = {f"ratio {r:g} (rank {round(c / r)})": round(float(ev[: round(c / r)].sum() / ev.sum()), 4) for r in ratios}
+    return {"tensors": len(names), "chunks": n, "chunk_size": c, "variance_kept": kept}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--recipe", default="configs/vae/smollm2_mlp.yaml")
@@ -119,7 +149,11 @@ def main() -> None:
     p.add_argument("--codec_all_layers", action="store_true")
     p.add_argument("--batch_windows", type=int, default=None, help="codec windows per forward (default: VAECodec's)")
     p.add_argument("--cache_dir", default="checkpoints/vae/cache")
+    p.add_argument("--pca_bound", action="store_true", help="only the linear bound of the recipe's selection (all layers)")
     a = p.parse_args()
+    if a.pca_bound:
+        print(json.dumps(pca_bound(yaml.safe_load(open(a.recipe)), a.model), indent=2))
+        return
 
     from lsmerge.codecs.vae import VAECodec
     from lsmerge.data.weight_datamodule import WeightChunkDataModule, select_tensors

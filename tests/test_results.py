@@ -99,6 +99,21 @@ def _plan(root: Path, paths: dict) -> dict:
         {"group": "experts", "name": "hidden SLERP", "hidden": {"base": "{expert1}", "source": "{expert2}", "operator": "slerp", "mix_layer": 1, "beta": 0.5}},
         {"group": "experts", "name": "LS-Merge soup (VAE)", "command": "merge", "config": "configs/merge/soup_n.yaml",
          "args": {"models": two, "weights": [0.5, 0.5], "codec": "{vae:r2}", "kinds": ["mlp"], "delta": "latent", "base": "{base}"}},
+        {"group": "experts", "name": "SLERP", "command": "merge-weights", "config": "configs/merge_weights/slerp.yaml",
+         "args": {"models": two, "parameters": {"t": 0.5}, "per_kind": {}}},
+        {"group": "experts", "name": "task arithmetic", "command": "merge-weights", "config": "configs/merge_weights/task_arithmetic.yaml",
+         "args": {"base_model": "{base}", "models": two, "parameters": {"weight": [1.0, 1.0], "lambda": 1.0}}},
+        {"group": "experts", "name": "DARE-linear", "command": "merge-weights", "config": "configs/merge_weights/dare_linear.yaml",
+         "args": {"base_model": "{base}", "models": two, "parameters": {"weight": [1.0, 1.0], "density": 0.5}}},
+        {"group": "experts", "name": "hidden LERP", "hidden": {"base": "{expert1}", "source": "{expert2}", "operator": "lerp", "mix_layer": 2, "beta": 0.5}},
+        {"group": "experts", "name": "LS-Merge LERP (VAE, latent delta)", "command": "merge", "config": "configs/merge/lerp_two.yaml",
+         "args": {"models": two, "codec": "{vae:r2}", "base": "{base}", "delta": "latent"}},
+        {"group": "experts", "name": "LS-Merge task arithmetic (VAE)", "command": "merge", "config": "configs/merge/task_arithmetic.yaml",
+         "args": {"base": "{base}", "models": two, "weights": [1.0, 1.0], "codec": "{vae:r2}"}},
+        {"group": "experts", "name": "LS-Merge delta coding (PCA)", "command": "merge", "config": "configs/merge/delta_coding.yaml",
+         "args": {"base": "{base}", "models": two, "chunk_size": 32, "rank": 16}},
+        {"group": "layers", "name": "linear, MLP only", "command": "merge-weights", "config": "configs/merge_weights/linear.yaml",
+         "args": {"models": two, "parameters": {"weight": [0.5, 0.5]}, "kinds": ["mlp"]}},
         {"group": "hetero", "name": "Gemma-3 target", "model": "{gemma}"},
         {"group": "hetero", "name": "OT + interpolation 0.1", "command": "merge", "config": "configs/merge/smollm2_to_gemma3_hetero.yaml",
          "args": {"models": ["{gemma}", "{base}"], "lam": 0.1, "delta": "latent", **pca}},
@@ -111,7 +126,7 @@ def _plan(root: Path, paths: dict) -> dict:
         "prepare": [{"argv": ["python", "-c", f"open({str(root / 'prepared')!r}, 'w').write('ok')"], "creates": str(root / "prepared")}],
         "vae_runs": [{"name": "r2", "base_config": str(root / "vae.yaml"), "ratio": 2, "minutes": 0.1, "steps_per_minute": 150}],
         "eval": {"corpora": ["shakespeare", "python"], "split": "test", "root": str(root), "max_tokens": 64, "max_length": 16, "stride": 8},
-        "groups": {"recon": "1. Reconstruction", "self": "2. Self-merge", "experts": "3. Experts", "hetero": "4. Heterogeneous"},
+        "groups": {"recon": "1. Reconstruction", "self": "2. Self-merge", "experts": "3. Experts", "hetero": "4. Heterogeneous", "layers": "5. Layers"},
         "rows": rows,
         "sweep": {"base": "{base}", "fine_tuned": ["{expert1}"], "text": str(root / "corpora/shakespeare/test.txt"),
                   "layers": [1, 2], "ratios": [0.5], "seq_len": 16, "max_chunks": 2},
@@ -127,7 +142,7 @@ def test_pipeline_end_to_end_and_cached(world, tmp_path):
     plan_path.write_text(yaml.safe_dump(_plan(root, paths), sort_keys=False))
     summary = Runner(load_plan(plan_path), say=lambda s: None).run()
     text = Path(summary["results"]).read_text()
-    for title in ("1. Reconstruction", "2. Self-merge", "3. Experts", "4. Heterogeneous", "Pairwise judge", "What the numbers show"):
+    for title in ("1. Reconstruction", "2. Self-merge", "3. Experts", "4. Heterogeneous", "5. Layers", "Pairwise judge", "What the numbers show"):
         assert f"## {title}" in text
     assert "configs/merge_weights/ties.yaml" in text and "{vae:r2}" in text
     assert {Path(p).name for p in summary["plots"]} == {"interpolation_curves.png", "sweep_heatmap.png", "kurtosis_base.png"}

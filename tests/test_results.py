@@ -183,6 +183,7 @@ def test_derived_fit_config_and_ratio():
         (lambda p: p["rows"].append(dict(p["rows"][0])), "same group and name"),
         (lambda p: p["judge"].update(pairs=[["TIES", "missing row"]]), "no row named 'missing row'"),
         (lambda p: p.update(colour="red"), "unknown keys ['colour']"),
+        (lambda p: p["judge"].update(pairs=[["TIES", "SLERP", "RegMean"]]), "must be [row A, row B]"),
     ],
 )
 def test_bad_plans_are_refused_before_any_work(world, tmp_path, change, message):

@@ -185,6 +185,8 @@ def load_plan(path: str | Path) -> Plan:
         substitute([r.model, r.args, r.hidden], names)  # unknown names fail here, before any work
         if r.group not in plan.groups:
             plan.groups[r.group] = r.group
-    for a, b in (plan.judge or {}).get("pairs", []):
-        plan.row(a), plan.row(b)
+    for pair in (plan.judge or {}).get("pairs", []):
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise LsMergeError(f"results plan {p}: judge pair {pair!r} must be [row A, row B] (quote names that contain commas).")
+        plan.row(pair[0]), plan.row(pair[1])
     return plan

@@ -49,15 +49,17 @@ def findings(plan: Plan, records: list[dict], corpora: list[str]) -> list[str]:
         recs = [r for r in records if r["row"].group == group]
         if len(recs) < 2:
             continue
+        short = title.split(" (")[0].split(":")[0]
         for c in corpora:
             vals = [(r["scores"]["corpora"][c]["perplexity"], r["row"].name) for r in recs]
             vals.sort()
             ls = [v for v in vals if v[1].lower().startswith("ls-merge")]
             other = [v for v in vals if not v[1].lower().startswith("ls-merge")]
-            line = f"- {title}, {c}: best {vals[0][1]} ({_fmt(vals[0][0])}), worst {vals[-1][1]} ({_fmt(vals[-1][0])})"
+            line = f"- {short}, {c}: best {vals[0][1]} ({_fmt(vals[0][0])}), worst {vals[-1][1]} ({_fmt(vals[-1][0])})"
             if ls and other:
-                verdict = "beats" if ls[0][0] < other[0][0] else "loses to"
-                line += f"; the best LS-Merge row, {ls[0][1]} ({_fmt(ls[0][0])}), {verdict} the best other row, {other[0][1]} ({_fmt(other[0][0])})"
+                a, b = ls[0][0], other[0][0]
+                verdict = "is level with (within 0.5 %)" if abs(a / b - 1) < 0.005 else "beats" if a < b else "loses to"
+                line += f"; the best LS-Merge row, {ls[0][1]} ({_fmt(a)}), {verdict} the best other row, {other[0][1]} ({_fmt(b)})"
             lines.append(line + ".")
     return lines
 

@@ -290,7 +290,8 @@ class BaselineMerges(L.Callback):
         elif w.method == "slerp":
             method, params = get_method("slerp"), {"t": w.t}
         else:
-            method, params = get_method("ties"), {"weight": [1.0], "density": [w.density], "lambda": 1.0, "normalize": True}
+            method, params = get_method("ties"), {"weight": [1.0], "density": [w.density], "lambda": 1.0}
+        params = {**{p.name: p.default for p in method.params}, **params}  # the method's defaults for the rest
         method.check_params(params, f"baseline {w.name}")
         return w, method, params
 

@@ -133,14 +133,12 @@ class Runner:
     def build(self, row: Row) -> dict:
         """Create a command row's model (cached); returns {"path", "seconds", "key"}."""
         if row.model is not None:
-            path = Path(substitute(row.model, self.names))
-            if not (path / "config.json").is_file():
-                raise LsMergeError(f"row {row.name!r}: {path} is not a checkpoint folder (no config.json).")
-            files = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in path.glob("*.safetensors"))
-            return {"path": str(path), "seconds": None, "key": _digest([str(path), files])}
+            path = substitute(row.model, self.names)
+            return {"path": path, "seconds": None, "key": _checkpoint_key(path, row)}
         if row.hidden is not None:
             spec = substitute(row.hidden, self.names)
-            return {"path": None, "seconds": None, "key": _digest(spec), "hidden": spec}
+            key = _digest([spec, _checkpoint_key(spec["base"], row), _checkpoint_key(spec["source"], row)])
+            return {"path": None, "seconds": None, "key": key, "hidden": spec}
         out = self.model_dir(row)
         argv = self.command_argv(row, out)
         key = _digest([argv, _file_digest(row.config) if row.config else None] + self._input_keys(row))
@@ -276,6 +274,15 @@ class Runner:
             self.say(f"  {row.group} / {row.name}: {ppl}")
         extras = {"sweep": self.sweep(), "kurtosis": self.inspect(), "judge": self.judge(built)}
         return write_report(self.plan, records, extras, self.eval_settings())
+
+
+def _checkpoint_key(path: str, row: Row) -> str:
+    """Digest of a checkpoint folder's identity: its path and its weight files' sizes and times."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise LsMergeError(f"row {row.name!r}: {p} is not a checkpoint folder (no config.json).")
+    files = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in p.glob("*.safetensors"))
+    return _digest([str(p), files])
 
 
 def score_model(built: dict, settings: dict) -> dict:

@@ -63,7 +63,7 @@ def trim_to_density_(delta: torch.Tensor, density: float, tie_break: str = "inde
     - "index" (default): the tied entries of lowest flat index. A few elementwise passes; the
       same bytes on every device and torch version.
     - "mergekit": the ones mergekit 0.1.5 keeps, see below. Needs a full sort of the tensor
-      (about 4x the time of "index" on SmolLM2) and depends on torch's CPU sort kernel.
+      (about 3x the time of "index" on SmolLM2's embedding) and depends on torch's CPU sort kernel.
     Without ties at the cut the two are identical. Dropped entries become delta * 0 (+-0).
 
     tie_break "mergekit" keeps what mergekit's `delta * mask` with mask = `torch.argsort(|delta|, descending=True)[:k]`
@@ -75,6 +75,8 @@ def trim_to_density_(delta: torch.Tensor, density: float, tie_break: str = "inde
       kernel runs on the same values, in place on the delta buffer itself (`out=` aliasing
       its input, signs kept aside), about 17 bytes per entry of temporaries.
     """
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {list(TIE_BREAKS)}, got {tie_break!r}")
     n = delta.numel()
     k = max(1, int(density * n))
     if density >= 1 or k >= n:
@@ -93,8 +95,6 @@ def trim_to_density_(delta: torch.Tensor, density: float, tie_break: str = "inde
         at_least_v[cut:] &= ~tied[cut:]
         del tied
         return delta.mul_(at_least_v.to(delta.dtype).view_as(delta))
-    if tie_break != "mergekit":
-        raise ValueError(f"tie_break must be one of {list(TIE_BREAKS)}, got {tie_break!r}")
     del at_least_v
     order = torch.empty(n, dtype=torch.long, device=flat.device)
     if flat.dtype == torch.float32:

@@ -151,12 +151,14 @@ def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict) 
     if extras.get("judge"):
         lines += ["", "## Pairwise judge", "",
                   "Each pair of responses asked in both orders; a win must survive the swap (else a tie). "
-                  "Score of A = (wins + ties / 2) / pairs, with its Wilson interval.", "",
-                  "| A | B | judge | pairs | A wins | ties | B wins | score of A [interval] |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+                  "Score of A = (wins + ties / 2) / pairs, with its Wilson interval. Position flips: pairs where the judge "
+                  "preferred whichever response it saw first (or second) in both orders.", "",
+                  "| A | B | judge | pairs | A wins | ties | B wins | score of A [interval] | position flips |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for j in extras["judge"]:
             s = j["summary"]
             lines.append(f"| {j['a']} | {j['b']} | `{j['judge']}` | {s['pairs']} | {s['wins']} | {s['ties']} | {s['losses']} | "
-                         f"{s['score']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] |")  # fmt: skip
+                         f"{s['score']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] | {s.get('position_flips', '')} |")  # fmt: skip
     lines += ["", "## What the numbers show", "", *findings(plan, records, corpora)]
     if plan.notes.strip():
         lines += ["", "## Notes", "", plan.notes.strip()]

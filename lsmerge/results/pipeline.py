@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from lsmerge.errors import LsMergeError
-from lsmerge.results.plan import Plan, Row, substitute
+from lsmerge.results.plan import Plan, Row, cli_value, substitute
 from lsmerge.results.vae_runs import write_fit_config
 
 
@@ -49,8 +49,15 @@ def _read_json(path: Path):
         return None
 
 
-def _flag(key: str, value) -> list[str]:
-    return [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+def _flags(values: dict) -> list[str]:
+    """`--key value` pairs as jsonargparse reads them (strings as is, the rest as JSON)."""
+    return [a for k, v in values.items() for a in (f"--{k}", cli_value(v))]
+
+
+def _fresh(stamp: Path, key: str, *outputs: Path) -> dict | None:
+    """The stamp written when `key`'s outputs were made, if it matches and they all exist."""
+    data = _read_json(stamp)
+    return data if data and data.get("key") == key and all(p.exists() for p in outputs) else None
 
 
 def run_lsmerge(argv: list[str], log: Path) -> float:
@@ -123,9 +130,7 @@ class Runner:
         if row.command in ("merge", "merge-weights"):
             args.setdefault("seed", self.row_seed(row))
             args.setdefault("progress", False)
-        for k, v in args.items():
-            argv += _flag(k, v)
-        return argv + ["--out", str(out)]
+        return argv + _flags(args) + ["--out", str(out)]
 
     def model_dir(self, row: Row) -> Path:
         return self.out / "models" / row.slug
@@ -143,8 +148,8 @@ class Runner:
         argv = self.command_argv(row, out)
         key = _digest([argv, _file_digest(row.config) if row.config else None] + self._input_keys(row))
         stamp_path = out.with_name(out.name + ".json")
-        stamp = _read_json(stamp_path)
-        if stamp and stamp.get("key") == key and (out / "config.json").is_file():
+        stamp = _fresh(stamp_path, key, out / "config.json")
+        if stamp:
             return {"path": str(out), "seconds": stamp["seconds"], "key": key}
         if out.exists():
             shutil.rmtree(out)
@@ -192,9 +197,8 @@ class Runner:
         args = substitute(self.plan.sweep, self.names)
         out = self.out / "sweep"
         key = _digest(args)
-        stamp = _read_json(out / "stamp.json")
-        if not (stamp and stamp.get("key") == key and (out / "sweep_heatmap.png").is_file()):
-            argv = ["sweep", *sum((_flag(k, v) for k, v in args.items()), []), "--output_dir", str(out), "--overwrite", "true"]
+        if not _fresh(out / "stamp.json", key, out / "sweep_heatmap.png"):
+            argv = ["sweep", *_flags(args), "--output_dir", str(out), "--overwrite", "true"]
             self.say(f"sweep: lsmerge {' '.join(argv)}")
             run_lsmerge(argv, self.logs / "sweep.log")
             _write_json(out / "stamp.json", {"key": key})
@@ -223,15 +227,14 @@ class Runner:
         cfg = substitute(cfg, self.names)
         gen = {"prompts": cfg["prompts"], "max_new_tokens": cfg.get("max_new_tokens", 48), "seed": self.plan.seed,
                **cfg.get("generate_args", {})}  # fmt: skip
-        gen_flags = sum((_flag(k, v) for k, v in gen.items()), [])
+        gen_flags = _flags(gen)
         rows_needed = sorted({n for pair in cfg["pairs"] for n in pair})
         files = {}
         for name in rows_needed:
             row, b = self.plan.row(name), built[name]
             path = self.out / "generate" / f"{row.slug}.jsonl"
             key = _digest([b["key"], gen, _file_digest(gen["prompts"])])
-            stamp = _read_json(path.with_suffix(".json"))
-            if not (stamp and stamp.get("key") == key and path.is_file()):
+            if not _fresh(path.with_suffix(".json"), key, path):
                 if b.get("hidden"):
                     h = b["hidden"]
                     model_args = ["--base", h["base"], "--fine_tuned", json.dumps([h["source"]]), "--operator", h["operator"],
@@ -246,10 +249,9 @@ class Runner:
         results = []
         for a, b in cfg["pairs"]:
             out = self.out / "judge" / f"{self.plan.row(a).slug}__vs__{self.plan.row(b).slug}.json"
-            judge_flags = sum((_flag(k, v) for k, v in cfg.get("judge_args", {}).items()), [])
+            judge_flags = _flags(cfg.get("judge_args", {}))
             key = _digest([_file_digest(files[a]), _file_digest(files[b]), cfg.get("model"), judge_flags])
-            stamp = _read_json(out.with_suffix(".stamp.json"))
-            if not (stamp and stamp.get("key") == key and out.is_file()):
+            if not _fresh(out.with_suffix(".stamp.json"), key, out):
                 self.say(f"judge {a} vs {b}")
                 run_lsmerge(["judge", "--responses_a", str(files[a]), "--responses_b", str(files[b]), "--judge", "local",
                              "--model", cfg["model"], *judge_flags, "--out", str(out)], self.logs / "judge.log")  # fmt: skip

@@ -31,6 +31,7 @@ named paths as `{name}`: the plan's `models` and, for each VAE run, `{vae:<run n
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,11 @@ class Plan:
             if r.name == name:
                 return r
         raise LsMergeError(f"results plan: no row named {name!r} (rows: {[r.name for r in self.rows]}).")
+
+
+def cli_value(value: Any) -> str:
+    """A config value as a command-line argument: strings as they are, everything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_:.\-]+)\}")

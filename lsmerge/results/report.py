@@ -10,7 +10,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from lsmerge.results.plan import Plan, Row
+from lsmerge.results.plan import Plan, Row, cli_value
 
 
 def _fmt(v: float | None) -> str:
@@ -37,7 +37,7 @@ def produced_by(row: Row) -> str:
     parts = [f"lsmerge {row.command}"]
     if row.config:
         parts.append(f"--config {row.config}")
-    parts += [f"--{k} {v if isinstance(v, str) else json.dumps(v)}" for k, v in row.args.items()]
+    parts += [f"--{k} {cli_value(v)}" for k, v in row.args.items()]
     return "`" + " ".join(parts) + "`"
 
 

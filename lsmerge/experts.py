@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.atomic import replace_dir, temp_dir_beside, write_text_atomic
 
 STATE_FILE = "trainer_state.pt"
 ADAPTER_SUBDIR = "adapter"
@@ -123,33 +124,14 @@ def read_state(state_dir: str | os.PathLike) -> dict | None:
     return torch.load(path, weights_only=True)
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the complete folder `tmp` to `out`, replacing what was there."""
-    if out.exists():
-        old = out.parent / f".{out.name}.lsmerge-old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
-def _tmp_dir(out: Path) -> Path:
-    tmp = out.parent / f".{out.name}.lsmerge-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    return tmp
-
-
 def save_state(model, optimizer, state: dict, state_dir: str | os.PathLike) -> None:
     """Atomically replace `state_dir` by the adapter and `state` plus the optimizer and RNG state."""
     out = Path(state_dir)
-    tmp = _tmp_dir(out)
+    tmp = temp_dir_beside(out)
     model.save_pretrained(tmp / ADAPTER_SUBDIR)
     full = dict(state, optimizer=optimizer.state_dict(), rng=torch.get_rng_state())
     torch.save(full, tmp / STATE_FILE)
-    _replace_dir(tmp, out)
+    replace_dir(tmp, out)
 
 
 def load_adapter_weights(model, adapter_dir: str | os.PathLike) -> None:
@@ -167,9 +149,9 @@ def load_adapter_weights(model, adapter_dir: str | os.PathLike) -> None:
 def save_adapter(model, adapter_dir: str | os.PathLike) -> None:
     """The PEFT adapter, written atomically."""
     out = Path(adapter_dir)
-    tmp = _tmp_dir(out)
+    tmp = temp_dir_beside(out)
     model.save_pretrained(tmp)
-    _replace_dir(tmp, out)
+    replace_dir(tmp, out)
 
 
 def save_merged(model, base: str | os.PathLike, merged_dir: str | os.PathLike, config: dict) -> None:
@@ -327,9 +309,7 @@ def evaluate_expert(name: str, domain: str, expert_dir: str, base: str, texts: d
     }
     out = Path(out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -14,29 +14,8 @@ import os
 import torch
 
 from lsmerge.errors import LsMergeError
-from lsmerge.torch_options import resolve_device, resolve_dtype
+from lsmerge.io.hf import load_causal_lm, load_tokenizer
 
-
-
-def load_causal_lm(path: str, dtype: str = "float32", device: str = "cpu"):
-    """A local Hugging Face causal LM in eval mode (safetensors only, no remote code)."""
-    from transformers import AutoModelForCausalLM
-
-    torch_dtype = resolve_dtype(dtype)
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise LsMergeError(f"{path} is not a checkpoint folder (no config.json); give a Hugging Face model folder")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, local_files_only=True)
-    return model.to(resolve_device(device)).eval()
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise LsMergeError(f"no usable tokenizer in {path} ({e}); copy the tokenizer files into the folder") from None
-    return tok
 
 
 def read_prompts(prompts: str | list) -> list:

@@ -134,7 +134,8 @@ def steer(
         device: torch device.
         overwrite: replace an existing output file.
     """
-    from lsmerge.generate import load_causal_lm, load_tokenizer, read_prompts
+    from lsmerge.generate import read_prompts
+    from lsmerge.io.hf import load_causal_lm, load_tokenizer
 
     if os.path.exists(output) and not overwrite:
         raise LsMergeError(f"{output} exists; choose another output or set overwrite: true")

@@ -214,7 +214,7 @@ def sweep(
         device: torch device.
         overwrite: replace existing outputs.
     """
-    from lsmerge.generate import load_causal_lm, load_tokenizer
+    from lsmerge.io.hf import load_causal_lm, load_tokenizer
 
     bad = [op for op in operators if op not in OPERATORS or op == "steer"]
     if bad:

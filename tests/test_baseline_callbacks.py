@@ -13,7 +13,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lsmerge.callbacks import BaselineMerges, HiddenBaseline, WeightBaseline
-from lsmerge.data.weight_datamodule import WeightChunkDataModule, make_tiny_llama
+from lsmerge.data.weight_datamodule import WeightChunkDataModule
+from lsmerge.io.tiny import make_tiny_llama
 from lsmerge.errors import LsMergeError
 from lsmerge.models.weight_vae import WeightVAE
 
@@ -131,9 +132,9 @@ def test_bad_options_raise_before_training(pair, tmp_path):
         (dict(hidden=[HiddenBaseline("lerp", 3, 0.5)]), "has 2 decoder layers, so mix_layer must be an integer in 0..2"),
         (dict(hidden=[HiddenBaseline("mean", 1, 0.5)]), "use one of lerp, slerp"),
         (dict(hidden=[HiddenBaseline("lerp", 1, 1.5)]), "beta=1.5 is out of range"),
-        (dict(base=str(tmp_path / "missing")), "not a checkpoint folder"),
-        (dict(expert=str(other_family)), "different architectures: base .* is 'llama' but expert .* is 'mistral'"),
-        (dict(expert=str(tmp_path / "smaller")), "Give an expert of the base's size"),
+        (dict(base=str(tmp_path / "missing")), "unknown model .*missing.*no such folder"),
+        (dict(expert=str(other_family)), "different architectures: .* is 'llama' but .* is 'mistral'"),
+        (dict(expert=str(tmp_path / "smaller")), "has shape .* give an expert fine-tuned from the base"),
         (dict(weight=[WeightBaseline("dare")]), "use one of lerp, slerp, ties"),
         (dict(weight=[WeightBaseline("ties", density=0.0)]), r"density=0.0 must be a number in \(0, 1\]"),
         (dict(weight=[WeightBaseline("lerp", t=1.5)]), "t=1.5 must be a number in"),

@@ -10,9 +10,10 @@ import lightning as L
 import pytest
 import torch
 
-from lsmerge.callbacks.curriculum import BetaCurriculum
+from lsmerge.models.curriculum import BetaCurriculum
 from lsmerge.codecs.vae import VAECodec, load_weight_vae
-from lsmerge.data.weight_datamodule import WeightChunkDataModule, make_tiny_llama
+from lsmerge.data.weight_datamodule import WeightChunkDataModule
+from lsmerge.io.tiny import make_tiny_llama
 from lsmerge.errors import LsMergeError
 from lsmerge.models.weight_vae import WeightVAE
 

@@ -1,7 +1,6 @@
-"""Lightning callbacks and schedules of the weight VAE."""
+"""Lightning callbacks of the weight VAE: baseline merges beside training, TensorBoard figures."""
 
 from lsmerge.callbacks.baselines import BaselineMerges, HiddenBaseline, WeightBaseline
-from lsmerge.callbacks.curriculum import BetaCurriculum
 from lsmerge.callbacks.figures import WeightFigures
 
-__all__ = ["BaselineMerges", "BetaCurriculum", "HiddenBaseline", "WeightBaseline", "WeightFigures"]
+__all__ = ["BaselineMerges", "HiddenBaseline", "WeightBaseline", "WeightFigures"]

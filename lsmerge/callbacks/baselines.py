@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +41,13 @@ import torch
 
 from lsmerge.callbacks.figures import _tensorboard
 from lsmerge.errors import LsMergeError
+from lsmerge.io.compat import check_same_architecture, model_family
+from lsmerge.io.hf import TOKENIZER_FILES, resolve_model
 from lsmerge.io.store import CheckpointStore, open_checkpoint
 
 WEIGHT_METHODS = ("lerp", "slerp", "ties")
 HIDDEN_OPERATORS = ("lerp", "slerp")
 BYTES = "bytes"
-_TINY = re.compile(r"tiny(?:@(?P<seed>\d+))?:(?P<dir>.+)")
 
 
 @dataclass
@@ -78,17 +78,6 @@ class HiddenBaseline:
         return f"hidden_{self.operator}_L{self.mix_layer}_b{self.beta:g}"
 
 
-def resolve_model(entry: str) -> str:
-    """A model entry -> checkpoint folder. `tiny:<dir>` / `tiny@<seed>:<dir>` create the tiny
-    random Llama of `WeightChunkDataModule` (seed 0 unless given) in <dir> when it is missing."""
-    m = _TINY.fullmatch(entry)
-    if m is None:
-        return entry
-    from lsmerge.data.weight_datamodule import make_tiny_llama
-
-    return str(make_tiny_llama(m["dir"], seed=int(m["seed"] or 0)))
-
-
 def decoder_layer_count(store: CheckpointStore) -> int:
     """N decoder layers from config.json (`num_hidden_layers`, text config included), else from names."""
     cfg = store.config
@@ -110,33 +99,6 @@ def byte_ids(text: str, max_tokens: int, vocab_size: int) -> torch.Tensor:
             "Use an ASCII text (bytes < 128) or give the model's tokenizer folder."
         )
     return ids
-
-
-def model_type(store: CheckpointStore) -> str | None:
-    cfg = store.config
-    return cfg.get("model_type") or (cfg.get("text_config") or {}).get("model_type")
-
-
-def _check_same_tensors(base: CheckpointStore, expert: CheckpointStore) -> None:
-    """Same model_type, same tensor names and shapes (every row is scored with one tokenizer)."""
-    if model_type(base) != model_type(expert):
-        raise LsMergeError(
-            f"different architectures: base {base.path} is {model_type(base)!r} but expert {expert.path} is "
-            f"{model_type(expert)!r}. The baselines merge one architecture; give an expert fine-tuned from the base."
-        )
-    for name in base.names:
-        if name not in expert:
-            raise LsMergeError(
-                f"tensor {name!r} of {base.path} is missing from {expert.path}. Give an expert of the base's architecture and size."
-            )
-        if base.shape(name) != expert.shape(name):
-            raise LsMergeError(
-                f"tensor {name!r} has shape {list(base.shape(name))} in {base.path} but {list(expert.shape(name))} in "
-                f"{expert.path}. Give an expert of the base's size."
-            )
-    extra = [n for n in expert.names if n not in base]
-    if extra:
-        raise LsMergeError(f"tensor {extra[0]!r} of {expert.path} is not in {base.path}. Give an expert of the base's architecture.")
 
 
 @contextmanager
@@ -227,7 +189,7 @@ class BaselineMerges(L.Callback):
         self.device = None if device is None else resolve_device(device)
         self.latent_lambda = None if latent_lambda is None else check_lambda(latent_lambda, "latent_lambda")
 
-        self.base_path, self.expert_path = resolve_model(base), resolve_model(expert)
+        self.base_path, self.expert_path = str(resolve_model(base)), str(resolve_model(expert))
         for what, path in (("base", self.base_path), ("expert", self.expert_path)):
             if not (Path(path) / "config.json").is_file():
                 raise LsMergeError(
@@ -235,7 +197,8 @@ class BaselineMerges(L.Callback):
                     "tiny:<dir> for a tiny test model."
                 )
         self.base_store, self.expert_store = open_checkpoint(self.base_path), open_checkpoint(self.expert_path)
-        _check_same_tensors(self.base_store, self.expert_store)
+        check_same_architecture([self.base_store, self.expert_store], "The baselines merge one architecture; give an expert "
+                                "fine-tuned from the base.")
         self.n_layers = decoder_layer_count(self.base_store)
 
         self.text = Path(text).expanduser()
@@ -243,8 +206,6 @@ class BaselineMerges(L.Callback):
             raise LsMergeError(f"held-out text {self.text} does not exist or is empty. Give a plain-text file.")
         self.tokenizer = tokenizer
         if tokenizer != BYTES:
-            from lsmerge.evaluate.perplexity import TOKENIZER_FILES
-
             folder = Path(tokenizer or self.base_path)
             if not any((folder / f).exists() for f in TOKENIZER_FILES):
                 raise LsMergeError(
@@ -299,12 +260,12 @@ class BaselineMerges(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.latent_lambda is not None:
             with vae_codec(pl_module) as codec:
-                codec.check_model(model_type(self.base_store), {n: self.base_store.shape(n) for n in self.base_store.names})
+                codec.check_model(model_family(self.base_store.config), {n: self.base_store.shape(n) for n in self.base_store.names})
         if trainer.is_global_zero and self._models is None:
             self._load()
 
     def _load(self) -> None:
-        from lsmerge.generate import load_causal_lm, load_tokenizer
+        from lsmerge.io.hf import load_causal_lm, load_tokenizer
 
         base = load_causal_lm(self.base_path, str(self.dtype).removeprefix("torch."))
         expert = load_causal_lm(self.expert_path, str(self.dtype).removeprefix("torch."))

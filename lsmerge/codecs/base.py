@@ -3,14 +3,22 @@
 A codec encodes one weight tensor into a `TensorLatent` and decodes it back. Merge
 operators (lsmerge.merge.latent) only ever combine `TensorLatent`s linearly (or through
 OT), so they run unchanged with the weight VAE or the PCA baseline.
+
+`Codec` is what every codec has; `SamplingCodec` adds the posterior a self-merge draws from.
+Optional attributes callers read when present: `family` (model_type the codec was fitted
+on), `kinds` (module kinds it covers), `describe()` (a JSON-able description for provenance;
+`describe_codec` falls back to `repr`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from lsmerge.errors import LsMergeError
 
 
 @dataclass
@@ -53,3 +61,42 @@ class Codec(Protocol):
     def decode(self, name: str, latent: TensorLatent) -> torch.Tensor:
         """latent -> float32 tensor of shape `latent.shape`."""
         ...
+
+
+@runtime_checkable
+class SamplingCodec(Codec, Protocol):
+    """A codec with a posterior: what self-merge needs."""
+
+    def sample(self, name: str, weight: torch.Tensor, n: int, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> list[TensorLatent]:
+        """`n` draws from the posterior of `weight`'s code (see `posterior_samples`)."""
+        ...
+
+    def prior_std(self, name: str) -> torch.Tensor:
+        """(latent_dim,) standard deviation of the prior along each latent axis."""
+        ...
+
+
+def describe_codec(codec: Codec):
+    """`codec.describe()` when the codec has it, else its repr (for provenance metadata)."""
+    return codec.describe() if hasattr(codec, "describe") else repr(codec)
+
+
+def posterior_samples(latent: TensorLatent, n: int, temperature: float = 1.0,
+                      generator: torch.Generator | None = None) -> list[TensorLatent]:
+    """`n` draws z_k = z + temperature * exp(logvar / 2) * eps_k, eps_k ~ N(0, I).
+
+    A latent without `logvar` (a deterministic code) gives `n` copies of `z`.
+    """
+    if n < 1:
+        raise LsMergeError(f"the number of posterior samples must be >= 1, got {n}.")
+    if temperature < 0 or not math.isfinite(temperature):
+        raise LsMergeError(f"temperature must be >= 0, got {temperature}.")
+    out = []
+    for _ in range(n):
+        if latent.logvar is None or temperature == 0:
+            out.append(latent.with_z(latent.z.clone()))
+            continue
+        eps = torch.randn(latent.z.shape, generator=generator, dtype=latent.z.dtype)
+        out.append(latent.with_z(latent.z + temperature * (0.5 * latent.logvar).exp() * eps))
+    return out

@@ -36,7 +36,7 @@ from typing import Iterable, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from lsmerge.codecs.base import TensorLatent
+from lsmerge.codecs.base import TensorLatent, posterior_samples
 from lsmerge.data.chunking import check_layout, chunk, tensor_stats, unchunk
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import ArchitectureMap
@@ -292,8 +292,6 @@ class PCACodec:
     def sample(self, name: str, weight: torch.Tensor, n: int, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> list[TensorLatent]:
         """`n` posterior samples z + temperature * sqrt(var) * eps (copies of z at full rank)."""
-        from lsmerge.merge.latent import posterior_samples
-
         return posterior_samples(self.encode(name, weight), n, temperature, generator=generator)
 
     def prior_std(self, name: str) -> torch.Tensor:

@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.atomic import replace_dir, temp_dir_beside
 
 SPLITS = ("train", "validation", "test")
 CORPORA = ("shakespeare", "python")
@@ -223,10 +224,7 @@ def write_corpus(
         "documents": len(documents),
         "splits": {},
     }
-    tmp = out_dir.parent / f".{out_dir.name}.lsmerge-tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_beside(out_dir)
     try:
         for split in SPLITS:
             names = splits[split]
@@ -241,13 +239,7 @@ def write_corpus(
                 "sha256": hashlib.sha256(data).hexdigest(),
             }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.lsmerge-old-{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

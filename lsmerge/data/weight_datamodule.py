@@ -27,9 +27,9 @@ the order or on the rest of the selection. With ``val_fraction: 0`` nothing is h
 validation measures reconstruction of (an evenly spaced subset of) the training windows,
 which is what a codec used for merging needs.
 
-A checkpoint entry ``tiny:<dir>`` names a tiny random Llama (2 layers, hidden 64, MLP 128,
-fixed seed) that is created in ``<dir>`` when missing, so recipes and tests run without a
-download (`configs/vae/tiny.yaml`).
+A checkpoint entry is any model reference of `lsmerge.io.hf.resolve_model`; ``tiny:<dir>``
+names the tiny random Llama of `lsmerge.io.tiny` (created in ``<dir>`` when missing), so
+recipes and tests run without a download (`configs/vae/tiny.yaml`).
 """
 
 from __future__ import annotations
@@ -49,51 +49,11 @@ from torch.utils.data import DataLoader, Dataset
 from lsmerge.data import chunking
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import KINDS, ArchitectureMap, expand_kinds
+from lsmerge.io.hf import resolve_model
 from lsmerge.io.store import CheckpointStore, open_checkpoint
 
-TINY_PREFIX = "tiny:"
 OUTLIER_FRACTION = 1e-3
 _CACHE_VERSION = 1
-
-
-def make_tiny_llama(out: str | os.PathLike, seed: int = 0) -> Path:
-    """Create a tiny random Llama checkpoint (safetensors + config.json) in `out` if missing.
-
-    hidden 64, MLP 128, 2 layers, 4 heads / 2 KV heads, vocab 128; Llama's own init
-    (normal, std 0.02) under `torch.manual_seed(seed)`, so every machine gets the same weights.
-    """
-    out = Path(out).expanduser()
-    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
-        return out.resolve()
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from lsmerge.io.writer import CheckpointWriter
-
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(cfg)
-    with CheckpointWriter(out, overwrite=True) as w:
-        for name, t in model.state_dict().items():
-            w.add(name, t)
-        cfg.save_pretrained(w.tmp)
-    return out.resolve()
-
-
-def resolve_checkpoint(entry: str) -> str:
-    """A checkpoint entry -> folder path (`tiny:<dir>` creates the tiny Llama there)."""
-    if entry.startswith(TINY_PREFIX):
-        return str(make_tiny_llama(entry[len(TINY_PREFIX) :]))
-    return entry
 
 
 def select_tensors(
@@ -269,7 +229,7 @@ class WeightChunkDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir)
 
-        self.paths = [resolve_checkpoint(c) for c in checkpoints]
+        self.paths = [str(resolve_model(c)) for c in checkpoints]
         self.stores = [open_checkpoint(p) for p in self.paths]
         self.arch, self.family = self._one_family(layer_pattern)
         self.selection: list[list[str]] = []

@@ -45,7 +45,7 @@ from typing import NamedTuple, Protocol
 import torch
 
 from lsmerge.errors import LsMergeError
-from lsmerge.evaluate.perplexity import _write_atomic
+from lsmerge.io.atomic import write_text_atomic
 
 BASE_URL_ENV = "LSMERGE_JUDGE_BASE_URL"
 API_KEY_ENV = "LSMERGE_JUDGE_API_KEY"
@@ -566,7 +566,7 @@ def judge(
         judge_impl: Judge = EndpointJudge(url, key, model, timeout=timeout, retries=retries, max_tokens=max_tokens)
         settings.update(base_url=url, max_tokens=max_tokens, temperature=0)
     else:
-        from lsmerge.generate import load_causal_lm, load_tokenizer
+        from lsmerge.io.hf import load_causal_lm, load_tokenizer
 
         if not Path(model).is_dir():
             raise LsMergeError(f"judge model folder {model} does not exist; run `lsmerge fetch` or give a checkpoint folder.")
@@ -579,6 +579,6 @@ def judge(
     result = {"settings": settings, **run_judge(pairs, judge_impl, confidence)}
     print(format_summary(result["summary"], name_a, name_b, judge_impl.name))
     if out is not None:
-        _write_atomic(Path(out), json.dumps(result, indent=2) + "\n")  # ASCII: locale-proof
+        write_text_atomic(Path(out), json.dumps(result, indent=2) + "\n")  # ASCII: locale-proof
         print(f"wrote {out}")
     return result

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.atomic import write_text_atomic
 from lsmerge.torch_options import resolve_device, resolve_dtype
 
 IGNORE_INDEX = -100
@@ -268,23 +269,16 @@ def format_table(results: list[PerplexityResult]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(data)
-    os.replace(tmp, path)
-
-
 def write_results(results: list[PerplexityResult], settings: dict, out: str | os.PathLike) -> tuple[Path, Path]:
     """Write `<json>` ({"settings": ..., "results": [...]}) and `<csv>` (one row per model x text)."""
     json_path, csv_path = output_paths(out)
     rows = [asdict(r) for r in results]
-    _write_atomic(json_path, json.dumps({"settings": settings, "results": rows}, indent=2) + "\n")
+    write_text_atomic(json_path, json.dumps({"settings": settings, "results": rows}, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(csv_path, buf.getvalue())
+    write_text_atomic(csv_path, buf.getvalue())
     return json_path, csv_path
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import lsmerge.merge.weight as wm
-from lsmerge.codecs.base import Codec, TensorLatent
+from lsmerge.codecs.base import Codec, TensorLatent, posterior_samples  # noqa: F401
 from lsmerge.errors import LsMergeError
 from lsmerge.merge.weight.dare import dare as dare_merge
 
@@ -182,26 +182,6 @@ def dare(base: TensorLatent, latents: Sequence[TensorLatent], weights: Sequence[
 
 
 # -- self-merge ----------------------------------------------------------------------------
-def posterior_samples(latent: TensorLatent, n: int, temperature: float = 1.0,
-                      generator: torch.Generator | None = None) -> list[TensorLatent]:
-    """`n` draws z_k = z + temperature * exp(logvar / 2) * eps_k, eps_k ~ N(0, I).
-
-    A latent without `logvar` (a deterministic code) gives `n` copies of `z`.
-    """
-    if n < 1:
-        raise LsMergeError(f"the number of posterior samples must be >= 1, got {n}.")
-    if temperature < 0 or not math.isfinite(temperature):
-        raise LsMergeError(f"temperature must be >= 0, got {temperature}.")
-    out = []
-    for _ in range(n):
-        if latent.logvar is None or temperature == 0:
-            out.append(latent.with_z(latent.z.clone()))
-            continue
-        eps = torch.randn(latent.z.shape, generator=generator, dtype=latent.z.dtype)
-        out.append(latent.with_z(latent.z + temperature * (0.5 * latent.logvar).exp() * eps))
-    return out
-
-
 def posterior_prior_mix(posterior: TensorLatent, prior_z: torch.Tensor, lam: float) -> TensorLatent:
     """z = (1 - lam) z_post + lam z_prior (statistics from the posterior)."""
     _same_shapes([posterior.z, prior_z])

@@ -30,6 +30,7 @@ from lsmerge.errors import LsMergeError
 from lsmerge.memory import return_freed_tensors_to_the_os
 from lsmerge.torch_options import resolve_dtype
 from lsmerge.io.archmap import ArchitectureMap, expand_kinds
+from lsmerge.io.hf import auto_name, resolve_model
 from lsmerge.io.store import CheckpointStore, open_checkpoint
 from lsmerge.io.writer import CheckpointWriter, check_output_dir
 from lsmerge.merge import latent as L
@@ -239,9 +240,7 @@ def merge(
         layer_pattern: regex with a (?P<layer>\\d+) group for architectures lsmerge does not know.
     Returns: the output folder.
     """
-    from lsmerge.merge.weight.command import auto_name, resolve_model
-
-    given = {k: v for k, v in locals().items() if k not in ("auto_name", "resolve_model")}
+    given = dict(locals())
     if isinstance(lam, bool) or (lam is not None and not isinstance(lam, (int, float))):
         raise LsMergeError(f"lam must be a number, got {lam!r}.")
     kinds = list(kinds or ["mlp", "attn"])

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanSquaredError, Metric, R2Score
 
-from lsmerge.callbacks.curriculum import BetaCurriculum
+from lsmerge.models.curriculum import BetaCurriculum
 from lsmerge.data import chunking
 from lsmerge.io.archmap import KINDS
 from lsmerge.models.components import TokenConditioning, Transformer, gaussian_kl

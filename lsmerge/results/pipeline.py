@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.atomic import write_text_atomic
 from lsmerge.results.plan import Plan, Row, cli_value, substitute
 from lsmerge.results.vae_runs import write_fit_config
 
@@ -37,9 +38,7 @@ def _file_digest(path: str | Path) -> str:
 
 def _write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _read_json(path: Path):
@@ -292,7 +291,7 @@ def score_model(built: dict, settings: dict) -> dict:
     on every corpus, with one tokenisation and one set of windows for both kinds of row."""
     from lsmerge.callbacks.baselines import _MixedForward
     from lsmerge.evaluate.perplexity import _tokenize, perplexity_of_ids, resolve_corpus
-    from lsmerge.generate import load_causal_lm, load_tokenizer
+    from lsmerge.io.hf import load_causal_lm, load_tokenizer
     from lsmerge.merge.hidden import HiddenStateMixer, MixSpec
 
     hidden = built.get("hidden")

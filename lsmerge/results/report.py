@@ -10,6 +10,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+from lsmerge.io.atomic import write_text_atomic
 from lsmerge.results.plan import Plan, Row, cli_value
 
 
@@ -170,7 +171,5 @@ def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict) 
         for t, p in figures:
             lines += [f"### {t}", "", f"![{t}]({rel(p)})", ""]
     results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = results.with_name(results.name + ".tmp")
-    tmp.write_text("\n".join(lines).rstrip() + "\n")
-    os.replace(tmp, results)
+    write_text_atomic(results, "\n".join(lines).rstrip() + "\n")
     return {"results": str(results), "plots": [str(p) for _, p in figures], "rows": len(records)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ from typing import Any
 from lsmerge.errors import LsMergeError
 from lsmerge.torch_options import resolve_device, resolve_dtype
 from lsmerge.io.archmap import ArchitectureMap, expand_kinds
+from lsmerge.io.hf import auto_name, resolve_model
 from lsmerge.io.store import CheckpointStore, open_checkpoint
 from lsmerge.io.writer import check_output_dir
 from lsmerge.merge.weight.base import get_method
@@ -18,36 +18,8 @@ from lsmerge.merge.weight.parameters import NativeParameters
 from lsmerge.merge.weight.plan import MergePlan, build_tasks, check_layers, provenance_json
 from lsmerge.merge.weight.selection import Selection
 
-MODEL_ROOTS = ("checkpoints/base", "checkpoints/merged")
-
-
-def resolve_model(ref: str, extra_root: Path | None = None) -> Path:
-    """A path, or a name under checkpoints/base/ or checkpoints/merged/ (or beside a config file)."""
-    candidates = [Path(ref).expanduser()] + [Path(r) / ref for r in MODEL_ROOTS]
-    if extra_root is not None:
-        candidates.append(extra_root / ref)
-    for c in candidates:
-        if c.is_dir():
-            return c.resolve()
-    avail = sorted(p.name for r in MODEL_ROOTS if Path(r).is_dir() for p in Path(r).iterdir() if p.is_dir())
-    raise LsMergeError(
-        f"unknown model {ref!r}: no such folder (also looked in {', '.join(MODEL_ROOTS)}). "
-        + (f"Available: {', '.join(avail)}." if avail else "Fetch or convert one first (lsmerge fetch / import-gguf).")
-    )
-
-
 def _fmt(v: Any) -> str:
     return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-
-def auto_name(models: list[Path], method: str, label: str, layers: list[int] | None, kinds: list[str] | None) -> str:
-    """e.g. `A_B_linear0.70_layers1-2-20_qkv`."""
-    name = "_".join(p.name for p in models) + f"_{method}{label}"
-    if layers:
-        name += "_layers" + "-".join(str(i) for i in layers)
-    if kinds:
-        name += "_" + "-".join(kinds)
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:200]
 
 
 def _open_all(paths: list[Path]) -> dict[Path, CheckpointStore]:

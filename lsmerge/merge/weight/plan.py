@@ -9,6 +9,7 @@ from typing import Any
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import ArchitectureMap
+from lsmerge.io.compat import check_same_family
 from lsmerge.io.store import CheckpointStore
 from lsmerge.merge.weight.base import MergeMethod
 from lsmerge.merge.weight.parameters import ParameterResolver
@@ -52,23 +53,6 @@ class MergePlan:
         return ([self.base] if self.base is not None else []) + self.models
 
 
-def _arch_id(store: CheckpointStore) -> tuple:
-    cfg = store.config
-    text = cfg.get("text_config") or {}
-    return (cfg.get("model_type") or text.get("model_type"), tuple(cfg.get("architectures") or ()))
-
-
-def check_same_architecture(stores: list[CheckpointStore]) -> None:
-    ref = stores[0]
-    for s in stores[1:]:
-        if _arch_id(s) != _arch_id(ref):
-            raise LsMergeError(
-                f"different architectures: {ref.path} is {_arch_id(ref)[0]} {list(_arch_id(ref)[1])} but "
-                f"{s.path} is {_arch_id(s)[0]} {list(_arch_id(s)[1])}. Weight-space merges need one architecture; "
-                "for different families use LS-Merge with optimal transport (lsmerge merge)."
-            )
-
-
 def check_layers(layers: list[int] | None, num_layers: int) -> None:
     for layer in layers or []:
         if not isinstance(layer, int) or not 0 <= layer < num_layers:
@@ -90,7 +74,8 @@ def build_tasks(
     merged tensor. Returns the tasks and a human report (vocabulary handling)."""
     ref = base if base is not None else models[0]
     stores = ([base] if base is not None else []) + models
-    check_same_architecture(stores)
+    check_same_family(stores, "Weight-space merges need one architecture; for different families use LS-Merge "
+                              "with optimal transport (lsmerge merge).")
     ref_names = set(ref.names)
     for s in stores:
         extra = [n for n in s.names if n not in ref_names]

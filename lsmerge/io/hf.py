@@ -1,0 +1,77 @@
+"""Hugging Face checkpoints by name: resolve a model reference, load a causal LM or its
+tokenizer (safetensors only, no remote code), name an output folder.
+
+A model reference is a folder path, a name under `checkpoints/base/` or `checkpoints/merged/`
+(or beside a recipe file), or `tiny[@SEED]:DIR`, the tiny random Llama of `lsmerge.io.tiny`
+created in DIR on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from lsmerge.errors import LsMergeError
+
+MODEL_ROOTS = ("checkpoints/base", "checkpoints/merged")
+#: files that define a vocabulary: equal files mean equal token ids
+VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")
+#: every file of a saved tokenizer
+TOKENIZER_FILES = VOCAB_FILES + ("tokenizer_config.json", "special_tokens_map.json")
+_TINY = re.compile(r"tiny(?:@(?P<seed>\d+))?:(?P<dir>.+)")
+
+
+def resolve_model(ref: str | os.PathLike, extra_root: Path | None = None) -> Path:
+    """The checkpoint folder of a model reference (see module doc), resolved; LsMergeError if none."""
+    text = str(ref)
+    tiny = _TINY.fullmatch(text)
+    if tiny is not None:
+        from lsmerge.io.tiny import make_tiny_llama
+
+        return make_tiny_llama(tiny["dir"], seed=int(tiny["seed"] or 0))
+    candidates = [Path(text).expanduser()] + [Path(r) / text for r in MODEL_ROOTS]
+    if extra_root is not None:
+        candidates.append(extra_root / text)
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    avail = sorted(p.name for r in MODEL_ROOTS if Path(r).is_dir() for p in Path(r).iterdir() if p.is_dir())
+    raise LsMergeError(
+        f"unknown model {text!r}: no such folder (also looked in {', '.join(MODEL_ROOTS)}). "
+        + (f"Available: {', '.join(avail)}." if avail else "Fetch or convert one first (lsmerge fetch / import-gguf).")
+    )
+
+
+def auto_name(models: list[Path], method: str, label: str, layers: list[int] | None, kinds: list[str] | None) -> str:
+    """Output folder name from inputs and parameters, e.g. `A_B_linear0.70_layers1-2-20_qkv`."""
+    name = "_".join(p.name for p in models) + f"_{method}{label}"
+    if layers:
+        name += "_layers" + "-".join(str(i) for i in layers)
+    if kinds:
+        name += "_" + "-".join(kinds)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:200]
+
+
+def load_causal_lm(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
+    """A local Hugging Face causal LM in eval mode (safetensors only, no remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    from lsmerge.torch_options import resolve_device, resolve_dtype
+
+    torch_dtype = resolve_dtype(dtype)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise LsMergeError(f"{path} is not a checkpoint folder (no config.json); give a Hugging Face model folder")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, local_files_only=True)
+    return model.to(resolve_device(device)).eval()
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer saved in a checkpoint folder; LsMergeError if there is none."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise LsMergeError(f"no usable tokenizer in {path} ({e}); copy the tokenizer files into the folder") from None
+    return tok

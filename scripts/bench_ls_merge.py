@@ -118,12 +118,12 @@ def delta_quality(expert: Path, rank: int, n_tensors: int = 6) -> dict[str, floa
         scale = (avg - wb).norm()
         full = PCACodec.fit([(n, [wb, we])], chunk_size=64, rank=rank)
         lat = [full.encode(n, wb), full.encode(n, we)]
-        merged = L.lerp(lat[0], lat[1], 0.5)
+        merged = L.apply("lerp", lat, lam=0.5)
         errs["none"].append(float((full.decode(n, merged) - avg).norm() / scale))
         errs["latent"].append(float((L.residual_decode(full, n, wb, lat[0], merged) - avg).norm() / scale))
         dcodec = PCACodec.fit([(n, [we - wb])], chunk_size=64, rank=rank)
         d = L.delta_encode(dcodec, n, wb, [we])
-        out = L.delta_decode(dcodec, n, wb, L.barycenter(d + [L.zero_latent(d[0])], [0.5, 0.5]))
+        out = L.delta_decode(dcodec, n, wb, L.apply("soup", d + [L.zero_latent(d[0])], weights=[0.5, 0.5]))
         errs["weight"].append(float((out - avg).norm() / scale))
     return {k: sum(v) / len(v) for k, v in errs.items()}
 

@@ -8,8 +8,8 @@ import scipy.linalg
 import torch
 
 from lsmerge.errors import LsMergeError
-from lsmerge.merge.depth import depth_map, match_latent_dim, project_latent_set, resample_tokens
-from lsmerge.merge.ot import OTShrinkageWarning, apply_map, fit_gaussian_ot, gaussian_fit, ledoit_wolf_shrinkage, ot_interpolate
+from lsmerge.merge.latent.depth import depth_map, match_latent_dim, project_latent_set, resample_tokens
+from lsmerge.merge.latent.ot import OTShrinkageWarning, apply_map, fit_gaussian_ot, gaussian_fit, ledoit_wolf_shrinkage, ot_interpolate
 
 
 def _cloud(n, d, seed, shift=0.0, scale=1.0):

@@ -364,7 +364,7 @@ class BaselineMerges(L.Callback):
             def merge(name, b, e):
                 if not codec.covers(name):
                     return linear_merge([b, e], [1.0 - lam, lam])
-                return codec.decode(name, latent.lerp(codec.encode(name, b), codec.encode(name, e), lam))
+                return codec.decode(name, latent.apply("lerp", [codec.encode(name, b), codec.encode(name, e)], lam=lam))
 
             self._load_merge(self._models["merged"], merge)
         return self._perplexity(self._models["merged"], device)

@@ -5,7 +5,8 @@ operators (lsmerge.merge.latent) only ever combine `TensorLatent`s linearly (or 
 OT), so they run unchanged with the weight VAE or the PCA baseline.
 
 `Codec` is what every codec has; `SamplingCodec` adds the posterior a self-merge draws from.
-Optional attributes callers read when present: `family` (model_type the codec was fitted
+Optional attributes callers read when present: `prior_std(name)` ((latent_dim,) prior standard
+deviation per axis; self-merge's prior mix uses 1 without it), `family` (model_type the codec was fitted
 on), `kinds` (module kinds it covers), `describe()` (a JSON-able description for provenance;
 `describe_codec` falls back to `repr`).
 """
@@ -70,10 +71,6 @@ class SamplingCodec(Codec, Protocol):
     def sample(self, name: str, weight: torch.Tensor, n: int, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> list[TensorLatent]:
         """`n` draws from the posterior of `weight`'s code (see `posterior_samples`)."""
-        ...
-
-    def prior_std(self, name: str) -> torch.Tensor:
-        """(latent_dim,) standard deviation of the prior along each latent axis."""
         ...
 
 

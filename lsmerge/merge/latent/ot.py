@@ -129,7 +129,7 @@ def ot_interpolate(z_target: torch.Tensor, z_source: torch.Tensor, lam: float, *
     """
     if z_target.shape != z_source.shape:
         raise LsMergeError(f"latent sets differ in shape {tuple(z_target.shape)} vs {tuple(z_source.shape)}; "
-                           "project the source to the target's shape first (lsmerge.merge.depth).")
+                           "project the source to the target's shape first (lsmerge.merge.latent.depth).")
     if lam == 0:
         return z_target.clone()
     mapped = apply_map(z_source, *fit_gaussian_ot(z_source, z_target, shrinkage, eps)) if use_ot else z_source

@@ -22,7 +22,7 @@ same module in its source layers (n_1, d_s), (n_2, d_s), ...:
    of the source set), which keeps the chunk order -- token i covers roughly the same
    relative stretch of the flattened tensor in both models.
 
-Gaussian OT (lsmerge.merge.ot) then aligns the projected set's mean and covariance with the
+Gaussian OT (lsmerge.merge.latent.ot) then aligns the projected set's mean and covariance with the
 target's before interpolation.
 """
 

@@ -1,0 +1,60 @@
+"""Getting a codec for a merge: load a saved one, fit a PCA codec on the inputs, check coverage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from lsmerge.codecs.base import Codec
+from lsmerge.codecs.pca import CODEC_JSON, PCACodec
+from lsmerge.errors import LsMergeError
+from lsmerge.io.compat import check_finite, model_family, same_family
+from lsmerge.io.store import CheckpointStore
+
+
+def load_codec(spec: str) -> Codec:
+    """A saved PCA codec folder, or a weight-VAE checkpoint (the one place the VAE plugs in)."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise LsMergeError(f"codec {spec!r} not found: give `pca`, a saved PCA codec folder, or a trained VAE checkpoint.")
+    if (path / CODEC_JSON).exists():
+        return PCACodec.load(path)
+    try:
+        from lsmerge.codecs.vae import VAECodec
+    except ImportError as e:
+        raise LsMergeError(f"{path} is not a PCA codec and the VAE codec is unavailable ({e}). Use codec: pca.") from None
+    return VAECodec.from_checkpoint(path)
+
+
+def fit_pca(stores: Sequence[CheckpointStore], names: Sequence[str], *, chunk_size: int, rank: int | None,
+            per: str, layout: str, family: str | None, delta_base: CheckpointStore | None, desc: str,
+            progress: bool = True) -> PCACodec:
+    """A PCA codec fitted on each name's copies in `stores` (on W_i - W_base when `delta_base`), streamed."""
+
+    def copies():
+        for n in tqdm(names, desc=desc, unit="tensor", leave=False, disable=not progress):
+            ts = [check_finite(s.get(n), n, s) for s in stores]
+            if delta_base is not None:
+                b = delta_base.get(n).float()
+                ts = [t.float() - b for t in ts]
+            yield n, ts
+
+    return PCACodec.fit(copies(), chunk_size=chunk_size, rank=rank, per=per, family=family, layout=layout)
+
+
+def check_codec(codec: Codec, store: CheckpointStore, selected: Sequence[str], kinds: Sequence[str]) -> list[str]:
+    """The selected tensors of `store` the codec covers; LsMergeError for another family or no overlap."""
+    fam = getattr(codec, "family", None)
+    model_fam = model_family(store.config)
+    if fam and model_fam and not same_family(fam, model_fam):
+        raise LsMergeError(f"the codec was trained on {fam} weights but {store.path} is a {model_fam} model. "
+                           f"Use a codec trained on {model_fam} (or codec: pca).")
+    covered = [n for n in selected if codec.covers(n)]
+    if not covered:
+        trained = getattr(codec, "kinds", None)
+        raise LsMergeError(f"the codec covers none of the selected tensors (kinds {list(kinds)}) of {store.path}"
+                           + (f"; it was trained on kinds {list(trained)}" if trained else "")
+                           + ". Select the kinds it was trained on (--kinds) or use a codec trained on this model.")
+    return covered

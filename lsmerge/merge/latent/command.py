@@ -1,0 +1,252 @@
+"""`lsmerge merge`: LS-Merge -- encode, combine in latent space, decode, write a Hugging Face checkpoint.
+
+Streams one output tensor at a time: the inputs' copies of that tensor are read, encoded by
+the codec, combined by the registered method (`lsmerge.merge.latent.METHODS`), decoded and
+written by `CheckpointWriter`; peak memory is a few tensors, independent of depth. Tensors the
+codec does not cover (or that are outside `kinds`) are merged in weight space by
+`fallback_method`, so the output is always a complete model (`homogeneous.HomogeneousJob`).
+Methods across architectures (`hetero`) run as `hetero.HeteroJob`.
+
+Codecs: `pca` fits a PCA codec (lsmerge.codecs.pca) on the inputs' selected tensors; a path
+is a saved PCA codec or a trained weight-VAE checkpoint (`lsmerge.codecs.load.load_codec`).
+This module checks the arguments against the method's registered traits; it holds no
+per-method branches.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal, get_args
+
+from tqdm.auto import tqdm
+
+from lsmerge.codecs.pca import BASIS_PER
+from lsmerge.errors import LsMergeError
+from lsmerge.io.archmap import expand_kinds
+from lsmerge.io.compat import check_same_architecture, check_tokenizers
+from lsmerge.io.hf import auto_name, resolve_model
+from lsmerge.io.store import open_checkpoint
+from lsmerge.io.writer import CheckpointWriter, check_output_dir
+from lsmerge.memory import return_freed_tensors_to_the_os
+from lsmerge.merge.latent.base import LatentMethod, MergeParams, check_convex_weights, check_density, check_lambda, get_method
+from lsmerge.merge.latent.depth import DIM_MATCH
+from lsmerge.merge.latent.hetero import HeteroJob
+from lsmerge.merge.latent.homogeneous import CodecSettings, HomogeneousJob
+from lsmerge.torch_options import resolve_dtype
+
+DeltaMode = Literal["none", "weight", "latent"]
+DELTA_MODES = get_args(DeltaMode)
+HOMOGENEOUS_HINT = "Merge models that share an architecture and tokenizer, or use method: hetero (with a codec per family)."
+
+
+def _check_delta(m: LatentMethod, delta: str, has_base: bool) -> None:
+    if delta == "none":
+        return
+    if m.architectures == "two":
+        if delta == "weight":
+            raise LsMergeError(f"delta: weight needs one architecture (W_i - W_base); with method: {m.name} use "
+                               "delta: latent (W_target + D(z_merged) - D(z_target)) or none.")
+    elif m.draw is not None:
+        if delta == "weight":
+            raise LsMergeError("self-merge has no expert-minus-base difference; use delta: latent (W + D(z_merged) - D(z)) or none.")
+    elif not has_base:
+        raise LsMergeError(f"delta: {delta} needs a base model: set base.")
+
+
+def _check_values(m: LatentMethod, n: int, lam: float, lam_schedule, weights, density, samples, temperature) -> list | None:
+    """Check lam / weights / density / samples against the method's traits; the weights to use."""
+    if m.lam_in_unit:
+        check_lambda(lam)
+        for v in lam_schedule or []:
+            check_lambda(v, "lam_schedule")
+    elif not math.isfinite(lam):
+        raise LsMergeError(f"lam must be a finite number, got {lam}.")
+    if m.weights == "convex":
+        weights = check_convex_weights(weights if weights is not None else [1.0 / n] * n, n)
+    elif m.weights is not None:
+        weights = [1.0] * n if weights is None else [float(w) for w in weights]
+        if len(weights) != n or not all(math.isfinite(w) for w in weights):
+            raise LsMergeError(f"give one finite weight per model ({n}), got {weights}.")
+        if m.weights == "non_negative" and any(w < 0 for w in weights):
+            raise LsMergeError(f"{m.name} weights must be non-negative, got {weights}.")
+    elif weights is not None:
+        raise LsMergeError(f"{m.name} takes lam (and lam_schedule), not weights; remove weights.")
+    if m.density:
+        check_density(density)
+    if m.draw is not None and (samples < 1 or temperature < 0 or not math.isfinite(temperature)):
+        raise LsMergeError(f"self-merge needs samples >= 1 and temperature >= 0, got {samples} and {temperature}.")
+    return weights
+
+
+def merge(
+    *,
+    method: str = "lerp",
+    models: list[str] | None = None,
+    base: str | None = None,
+    codec: str | list[str] = "pca",
+    weights: list[float] | None = None,
+    lam: float | None = None,
+    lam_schedule: list[float] | None = None,
+    density: float = 0.5,
+    sign_election: bool = False,
+    samples: int = 4,
+    temperature: float = 1.0,
+    delta: DeltaMode = "none",
+    kinds: list[str] | None = None,
+    fallback_method: str = "auto",
+    ot: bool = True,
+    dim_match: Literal["pca", "truncate"] = "pca",
+    shrinkage: str | float = "auto",
+    chunk_size: int = 64,
+    rank: int | None = None,
+    pca_basis: Literal["tensor", "kind"] = "tensor",
+    layout: Literal["flat", "rows"] = "flat",
+    save_codec: str | None = None,
+    seed: int = 0,
+    out: str | None = None,
+    out_root: str = "checkpoints/merged",
+    overwrite: bool = False,
+    dtype: str | None = None,
+    max_shard_size: str = "2GB",
+    progress: bool = True,
+    layer_pattern: str | None = None,
+) -> str:
+    """LS-Merge: combine models in a codec's latent space (VAE or PCA), across architectures with OT.
+
+    Methods: lerp, soup, task arithmetic, TIES and DARE on latent task vectors, self-merge of
+    posterior samples, delta coding, and heterogeneous merges (depth map, dimension matching,
+    Gaussian optimal transport, target decoder).
+
+    Args:
+        method: lerp | soup | task_arithmetic | ties | dare | self | hetero.
+        models: checkpoint folders (or names under checkpoints/base/). lerp: [lam=0, lam=1];
+            soup: N models; task_arithmetic / ties / dare: the fine-tuned models; self: one
+            model; hetero: [target, source] (the output has the target's architecture).
+        base: base model of task_arithmetic / ties / dare and of delta coding.
+        codec: `pca` (fit a PCA codec on the inputs), a saved PCA codec folder or a trained
+            VAE checkpoint; hetero takes one per side, [target codec, source codec] (`pca`
+            alone fits one per side).
+        weights: soup: convex weights (>= 0, sum 1; default uniform); task_arithmetic / ties /
+            dare: one weight per model (default 1), scaled by lam.
+        lam: lerp and hetero: position in [0, 1] (0 = the first model / the target); self:
+            posterior/prior mix in [0, 1]; task_arithmetic / ties / dare: task-vector scale.
+            Default per method: lerp 0.5, hetero 0.1 (the paper's), self 0, others 1.
+        lam_schedule: lam per layer, anchors spread over depth (overrides lam).
+        density: ties: fraction of each latent task vector kept; dare: keep probability.
+        sign_election: dare: TIES sign election after the drop (DARE-TIES).
+        samples: self: number K of posterior samples merged.
+        temperature: self: posterior sampling temperature (0 = the posterior mean).
+        delta: delta coding: none | weight (encode W_i - W_base, output W_base + D(merged)) |
+            latent (output W_base + D(z_merged) - D(z_base); hetero: W_target + D_t(Z) - D_t(Z_target),
+            so the target codec's reconstruction error cancels and lam 0 gives the target).
+        kinds: module kinds or groups encoded by the codec (default [mlp, attn]).
+        fallback_method: for tensors the codec does not cover: auto (the same method in weight
+            space; copy for self / hetero), copy (from the first model / base), or a
+            weight-space method of `lsmerge merge-weights` (linear, slerp, task_arithmetic,
+            ties, dare_linear, dare_ties).
+        ot: hetero: align the source latent cloud to the target's with Gaussian OT (false =
+            interpolation without OT, the ablation).
+        dim_match: hetero: latent_dim matching, pca (principal axes of the source set) or
+            truncate (truncate / zero-pad).
+        shrinkage: hetero OT covariance shrinkage: auto (Ledoit-Wolf when samples <= dims),
+            ledoit_wolf, none, or a number in [0, 1].
+        chunk_size: pca codec: values per chunk.
+        rank: pca codec: principal axes kept (latent_dim); default chunk_size (lossless).
+        pca_basis: pca codec: one basis per tensor or per kind.
+        layout: pca codec: chunk layout, flat or rows.
+        save_codec: save the fitted PCA codec(s) to this folder (hetero: target/ and source/).
+        seed: seed of DARE masks and self-merge samples (per tensor, from the tensor name).
+        out: output folder (default: auto-named under out_root).
+        out_root: where auto-named outputs go.
+        overwrite: replace a non-empty output folder.
+        dtype: output dtype float32 | bfloat16 | float16 (default: the reference's dtypes).
+        max_shard_size: output shard size, e.g. 2GB.
+        progress: show progress bars.
+        layer_pattern: regex with a (?P<layer>\\d+) group for architectures lsmerge does not know.
+    Returns: the output folder.
+    """
+    given = dict(locals())
+    if isinstance(lam, bool) or (lam is not None and not isinstance(lam, (int, float))):
+        raise LsMergeError(f"lam must be a number, got {lam!r}.")
+    kinds = list(kinds or ["mlp", "attn"])
+    kind_set = expand_kinds(kinds)
+    m = get_method(method)
+    if delta not in DELTA_MODES:
+        raise LsMergeError(f"delta must be one of {DELTA_MODES}, got {delta!r}.")
+    out_dtype = resolve_dtype(dtype)
+    if pca_basis not in BASIS_PER:
+        raise LsMergeError(f"pca_basis must be one of {BASIS_PER}, got {pca_basis!r}.")
+    if dim_match not in DIM_MATCH:
+        raise LsMergeError(f"dim_match must be one of {DIM_MATCH}, got {dim_match!r}.")
+    if not models:
+        raise LsMergeError("no models given: set models: [A, B, ...].")
+    model_paths = [resolve_model(x) for x in models]
+    base_path = resolve_model(base) if base else None
+    if len(set(model_paths)) != len(model_paths):
+        raise LsMergeError(f"a model is listed twice in models ({[str(p) for p in model_paths]}); list each once.")
+    n = len(model_paths)
+    want = m.model_count_problem(n)
+    if want:
+        raise LsMergeError(f"{method} takes {want}; got {n}.")
+    if m.needs_base and base_path is None:
+        raise LsMergeError(f"{method} takes latent task vectors against a base: set base.")
+    if base_path is not None and base_path in model_paths:
+        raise LsMergeError(f"base {base_path} is also listed in models; its task vector would be zero. Remove it from models.")
+    _check_delta(m, delta, base_path is not None)
+    if lam is None:
+        lam = m.default_lam
+    weights = _check_values(m, n, lam, lam_schedule, weights, density, samples, temperature)
+
+    # -- inputs --------------------------------------------------------------------------------
+    stores = {p: open_checkpoint(p) for p in ([base_path] if base_path else []) + model_paths}
+    model_stores = [stores[p] for p in model_paths]
+    base_store = stores[base_path] if base_path else None
+    ref = base_store if (base_store is not None and m.needs_base) else model_stores[0]
+    codecs = [codec] if isinstance(codec, str) else list(codec)
+    if m.architectures == "two":
+        if len(codecs) == 1 and codecs[0] != "pca":
+            raise LsMergeError("a heterogeneous merge needs a codec for each side: codec: [TARGET_CODEC, SOURCE_CODEC] "
+                               "(one per family), or codec: pca to fit one per side.")
+        if len(codecs) not in (1, 2):
+            raise LsMergeError(f"{method} takes two codecs [target, source], got {len(codecs)}.")
+    else:
+        if len(codecs) != 1:
+            raise LsMergeError(f"{method} merges one architecture: give one codec, got {len(codecs)}.")
+        check_same_architecture(list(stores.values()), HOMOGENEOUS_HINT)
+        check_tokenizers(list(stores.values()), HOMOGENEOUS_HINT)
+    params = MergeParams(lam=lam, weights=tuple(weights) if weights is not None else None, density=density,
+                         sign_election=sign_election, seed=seed, samples=samples, temperature=temperature, ot=ot,
+                         shrinkage=shrinkage)
+    if out is None:
+        label = "sched" if lam_schedule else m.output_label(params)
+        if m.architectures == "two":
+            label += ("" if ot else "_noOT") + ("" if dim_match == "pca" else f"_{dim_match}")
+        named = ([base_path] if base_path else []) + model_paths
+        out = str(Path(out_root) / auto_name(named, f"ls-{method}", label + ("" if delta == "none" else f"_delta-{delta}"),
+                                             None, kinds))
+    out_path = check_output_dir(out, list(stores), overwrite)
+
+    return_freed_tensors_to_the_os()
+    cs = CodecSettings(kind_set=kind_set, kinds=kinds, chunk_size=chunk_size, rank=rank, pca_basis=pca_basis,
+                       layout=layout, save_codec=save_codec, progress=progress, layer_pattern=layer_pattern)
+    if m.architectures == "two":
+        job = HeteroJob(m, model_stores[0], model_stores[1], codecs, params, lam_schedule, dim_match, delta, cs)
+    else:
+        job = HomogeneousJob(m, model_stores, base_store, ref, codecs[0], params, lam_schedule, delta, fallback_method, cs)
+    for line in job.report:
+        print(f"merge: {line}")
+
+    provenance = {"command": "merge", **given, "lam": lam, "kinds": kinds, "weights": weights,
+                  "codecs": job.codec_descriptions(), "inputs": [str(p) for p in stores]}
+    with CheckpointWriter(out_path, source=ref.path, inputs=list(stores), max_shard_size=max_shard_size,
+                          overwrite=overwrite, config=provenance, dtype=out_dtype) as writer:
+        for name in tqdm(ref.names, desc=f"merge ({method})", unit="tensor", disable=not progress):
+            tensor = job.merge_tensor(name)
+            if out_dtype is None and tensor.is_floating_point():
+                tensor = tensor.to(ref.dtype(name))
+            writer.add(name, tensor)
+    for line in job.summary():
+        print(f"merge: {line}")
+    print(f"merge: wrote {out_path}")
+    return str(out_path)

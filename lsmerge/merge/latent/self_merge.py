@@ -1,0 +1,47 @@
+"""Self-merge: a barycenter of K posterior samples of one model's codes (LS-Merge's "self").
+
+    z_k = mu + T sigma eps_k                      (K draws from the codec's posterior)
+    z_k <- (1 - lam) z_k + lam z_prior,k          (lam > 0: posterior / prior mix, z_prior ~ N(0, diag(prior_std^2)))
+    z   = (1 / K) sum_k z_k
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from lsmerge.codecs.base import Codec, TensorLatent
+from lsmerge.merge.latent.base import MergeParams, check_convex_weights, linear_tensors, register, same_shapes
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A 63-bit seed from the config seed and the tensor name (sha256): the same draws on any machine."""
+    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def posterior_prior_mix(posterior: TensorLatent, prior_z: torch.Tensor, lam: float) -> TensorLatent:
+    """z = (1 - lam) z_post + lam z_prior (statistics from the posterior)."""
+    same_shapes([posterior.z, prior_z])
+    return posterior.with_z((1 - lam) * posterior.z + lam * prior_z.to(posterior.z.dtype))
+
+
+def draw_samples(codec: Codec, name: str, weight: torch.Tensor, p: MergeParams) -> list[TensorLatent]:
+    """K posterior samples of `weight`'s code (seeded by tensor), mixed with prior draws when lam > 0."""
+    if not hasattr(codec, "sample"):
+        raise TypeError("the codec cannot draw posterior samples")
+    torch.manual_seed(tensor_seed(p.seed, name))
+    draws: list[TensorLatent] = codec.sample(name, weight, p.samples, p.temperature)
+    if p.lam > 0:
+        std = codec.prior_std(name) if hasattr(codec, "prior_std") else torch.ones(draws[0].z.shape[1])
+        draws = [posterior_prior_mix(d, torch.randn(d.z.shape) * std, p.lam) for d in draws]
+    return draws
+
+
+@register("self", models="1", default_lam=0.0, lam_in_unit=True, fallback="copy", draw=draw_samples,
+          label=lambda p: f"k{p.samples}t{p.temperature:g}")
+def self_merge(tensors, base, p: MergeParams):
+    """z = (1 / K) sum_k z_k over the K samples drawn by `draw_samples`."""
+    k = len(tensors)
+    return linear_tensors(tensors, check_convex_weights([1.0 / k] * k, k))

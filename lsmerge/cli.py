@@ -1,6 +1,6 @@
 """The `lsmerge` command.
 
-`fit` / `validate` / `test` / `predict` go to LightningCLI (the weight VAE and its
+`fit` / `validate` / `test` go to LightningCLI (the weight VAE and its
 DataModule). Every other subcommand is a typed function (its docstring is the help) run by
 jsonargparse's `auto_cli`, so each takes `--config FILE.yaml` and `--print_config`.
 Functions are imported only when their command runs, to keep `lsmerge --help` quick.

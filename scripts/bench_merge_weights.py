@@ -19,7 +19,7 @@ Inputs (created on first use under checkpoints/bench/, reused afterwards):
   smollm2-width-{4,32}l[-b]  random models of SmolLM2's width (float32)
 
     .venv/bin/python scripts/bench_merge_weights.py [--repeats 3] [--methods linear slerp ties]
-        [--mergekit-bin /work/mk-venv/bin/mergekit-yaml] [--skip-scaling] [--skip-mergekit]
+        [--mergekit-bin PATH/TO/mergekit-yaml] [--skip-scaling] [--skip-mergekit]
 """
 
 from __future__ import annotations
@@ -228,7 +228,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--methods", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    ap.add_argument("--mergekit-bin", default="/work/mk-venv/bin/mergekit-yaml")
+    ap.add_argument("--mergekit-bin", default=os.environ.get("LSMERGE_MERGEKIT") or shutil.which("mergekit-yaml"),
+                    help="default: $LSMERGE_MERGEKIT, else mergekit-yaml on PATH")
     ap.add_argument("--skip-mergekit", action="store_true")
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--scaling-repeats", type=int, default=1)

@@ -2,11 +2,12 @@
 
 Builds tiny random Llama checkpoints (float32), runs `mergekit-yaml` from its own venv
 (mergekit pins dependencies that may clash with ours: install it with
-`python3 -m venv /work/mk-venv && /work/mk-venv/bin/pip install torch==2.13.0 && /work/mk-venv/bin/pip install mergekit`)
+`python3 -m venv mk-venv && mk-venv/bin/pip install torch==2.13.0 && mk-venv/bin/pip install mergekit==0.1.5`,
+then `export LSMERGE_MERGEKIT=$PWD/mk-venv/bin/mergekit-yaml`)
 and lsmerge in-process on each recipe, then compares every tensor:
 rel = max|ours - theirs| / max(max|theirs|, 1e-12), which must be <= 1e-6.
 
-    .venv/bin/python scripts/compare_mergekit.py [--mergekit-bin /work/mk-venv/bin/mergekit-yaml] [--workdir DIR]
+    .venv/bin/python scripts/compare_mergekit.py [--mergekit-bin PATH/TO/mergekit-yaml] [--workdir DIR]
 
 Prints one line per recipe and exits 1 when a recipe differs.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +26,17 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_BIN = "/work/mk-venv/bin/mergekit-yaml"
+MERGEKIT_ENV = "LSMERGE_MERGEKIT"
+
+
+def find_mergekit() -> Path | None:
+    """mergekit-yaml from $LSMERGE_MERGEKIT, else from PATH, else None."""
+    given = os.environ.get(MERGEKIT_ENV)
+    if given:
+        return Path(given) if Path(given).exists() else None
+    found = shutil.which("mergekit-yaml")
+    return Path(found) if found else None
+
 TOLERANCE = 1e-6
 LAYERS = 4
 
@@ -165,12 +177,13 @@ def compare(ours: Path, theirs: Path) -> tuple[float, int, list[str]]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mergekit-bin", default=DEFAULT_BIN)
+    ap.add_argument("--mergekit-bin", default=None, help=f"default: ${MERGEKIT_ENV}, else mergekit-yaml on PATH")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES))
     args = ap.parse_args(argv)
-    if not Path(args.mergekit_bin).exists():
-        print(f"mergekit-yaml not found at {args.mergekit_bin}; install it in its own venv (see this script's docstring).")
+    args.mergekit_bin = args.mergekit_bin or find_mergekit()
+    if args.mergekit_bin is None or not Path(args.mergekit_bin).exists():
+        print(f"mergekit-yaml not found (--mergekit-bin, ${MERGEKIT_ENV} or PATH); install it in its own venv (see this script's docstring).")
         return 2
     from lsmerge.merge.weight.command import merge_weights
 

@@ -26,20 +26,7 @@ from pathlib import Path
 
 import torch
 
-WORDS = ("to be or not to be that is the question whether tis nobler in the mind to suffer the slings and "
-         "arrows of outrageous fortune or to take arms against a sea of troubles").split()
-
-
-def tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS) + " A B tie Answer :"], trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "<s>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>",
-                                   eos_token="<s>")
-
+from lsmerge.io.tiny import TINY_WORDS, tiny_tokenizer
 
 def tiny(path: Path, seed: int, layers: int = 2, hidden: int = 32) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -49,13 +36,13 @@ def tiny(path: Path, seed: int, layers: int = 2, hidden: int = 32) -> str:
                       num_key_value_heads=2, vocab_size=128, pad_token_id=1, bos_token_id=2, eos_token_id=2,
                       max_position_embeddings=256, tie_word_embeddings=False)
     LlamaForCausalLM(cfg).eval().save_pretrained(path)
-    tokenizer().save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
     return str(path)
 
 
 def text(seed: int, n: int = 400) -> str:
     g = torch.Generator().manual_seed(seed)
-    return " ".join(WORDS[i] for i in torch.randint(len(WORDS), (n,), generator=g).tolist()) + "\n"
+    return " ".join(TINY_WORDS[i] for i in torch.randint(len(TINY_WORDS), (n,), generator=g).tolist()) + "\n"
 
 
 def lsmerge(*argv: str) -> str:

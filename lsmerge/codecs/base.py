@@ -14,7 +14,7 @@ on), `kinds` (module kinds it covers), `describe()` (a JSON-able description for
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -33,14 +33,12 @@ class TensorLatent:
             with the merged statistics.
         shape: the original tensor shape (what `decode` returns).
         logvar: (n_tokens, latent_dim) posterior log-variances, when the codec has them.
-        extra: codec-specific, not combined by operators (e.g. padding length).
     """
 
     z: torch.Tensor
     norm: torch.Tensor
     shape: tuple[int, ...]
     logvar: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
     def with_z(self, z: torch.Tensor, norm: torch.Tensor | None = None) -> "TensorLatent":
         """A copy with new codes (and statistics); the posterior variance is dropped."""

@@ -151,7 +151,7 @@ class VAECodec:
                 logvar[s] = lv
         return TensorLatent(
             z=mu.view(-1, d)[:n], norm=norm.to(torch.float32), shape=tuple(weight.shape),
-            logvar=logvar.view(-1, d)[:n], extra={"name": name},
+            logvar=logvar.view(-1, d)[:n],
         )
 
     def encode(self, name: str, weight: torch.Tensor) -> TensorLatent:

@@ -1,8 +1,10 @@
-"""Checkpoint I/O: lazy reading, architecture map, streaming atomic writing, GGUF import."""
+"""Checkpoint I/O, the bottom layer: lazy reading (store), architecture map, streaming atomic
+writing (writer, atomic), model references and HF loading (hf), compatibility checks (compat),
+the tiny test Llama (tiny), GGUF import."""
 
 from lsmerge.io.archmap import GROUPS, KINDS, ArchitectureMap, TensorRole, expand_kinds
 from lsmerge.io.store import CheckpointStore, TensorInfo, open_checkpoint
-from lsmerge.io.writer import CheckpointWriter, check_output_dir, save_state_dict
+from lsmerge.io.writer import CheckpointWriter, check_output_dir
 
 __all__ = [
     "GROUPS",
@@ -15,5 +17,4 @@ __all__ = [
     "check_output_dir",
     "expand_kinds",
     "open_checkpoint",
-    "save_state_dict",
 ]

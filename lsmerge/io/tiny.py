@@ -40,3 +40,22 @@ def make_tiny_llama(out: str | os.PathLike, seed: int = 0) -> Path:
             w.add(name, t)
         cfg.save_pretrained(w.tmp)
     return out.resolve()
+
+
+#: the words the tiny tokenizer knows (a Shakespeare line, and the judge's verdict labels)
+TINY_WORDS = ("to be or not to be that is the question whether tis nobler in the mind to suffer the slings and "
+              "arrows of outrageous fortune or to take arms against a sea of troubles").split()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over `TINY_WORDS` (+ "A", "B", "tie", "Answer", ":"), built here with no
+    download: ids 0-2 are [UNK], [PAD] and <s> (bos = eos), so it fits a vocabulary of 128."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(TINY_WORDS) + " A B tie Answer :"],
+                            trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "<s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>",
+                                   eos_token="<s>")

@@ -287,13 +287,3 @@ def clean_stale_tmp(out: Path) -> list[Path]:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     return removed
-
-
-def save_state_dict(
-    state_dict: dict[str, torch.Tensor], out: str | os.PathLike, **writer_kwargs
-) -> Path:
-    """Write a whole state dict with `CheckpointWriter` (names in the dict's order)."""
-    with CheckpointWriter(out, **writer_kwargs) as w:
-        for name, t in state_dict.items():
-            w.add(name, t)
-    return w.out

@@ -215,10 +215,6 @@ class WeightVAE(L.LightningModule):
         self.val_sample: tuple[torch.Tensor, torch.Tensor] | None = None  # (orig, recon) values for histograms
 
     # -- model -----------------------------------------------------------------------------------
-    @property
-    def compression_ratio(self) -> float:
-        return self.hparams.chunk_size / self.hparams.latent_dim
-
     def encode(self, x, lengths, layer, kind, chunk_index, source=None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, c), lengths (B, T), layer/kind/source (B,), chunk_index (B, T) -> mu, logvar (B, T, d)."""
         c = self.hparams.chunk_size

@@ -14,11 +14,6 @@ from pathlib import Path
 import yaml
 
 
-def ratio_tag(ratio: float) -> str:
-    """1.6 -> "1.6", 2.0 -> "2"."""
-    return f"{ratio:g}"
-
-
 def latent_dim_for(chunk_size: int, ratio: float) -> int:
     """latent_dim giving compression ratio chunk_size / latent_dim closest to `ratio`."""
     if ratio <= 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -65,7 +65,6 @@ class TensorContext:
     name: str
     seed: int = 0
     grams: list[torch.Tensor] | None = None  # RegMean: one (in, in) Gram per model
-    extra: dict = field(default_factory=dict)
 
 
 class MergeMethod:

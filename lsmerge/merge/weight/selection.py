@@ -31,7 +31,3 @@ class Selection:
         if role.layer is None:
             return self.layers is None and kind_ok
         return (self.layers is None or role.layer in self.layers) and kind_ok
-
-    @property
-    def is_everything(self) -> bool:
-        return self.layers is None and self.kinds is None and self.embeddings

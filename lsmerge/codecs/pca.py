@@ -31,7 +31,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence, get_args
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -43,7 +43,8 @@ from lsmerge.io.archmap import ArchitectureMap
 
 CODEC_JSON = "pca_codec.json"
 CODEC_TENSORS = "pca_codec.safetensors"
-BASIS_PER = ("tensor", "kind")
+BasisPer = Literal["tensor", "kind"]
+BASIS_PER = get_args(BasisPer)
 
 
 def _normalised_chunks(weight: torch.Tensor, chunk_size: int, layout: str) -> tuple[torch.Tensor, torch.Tensor]:

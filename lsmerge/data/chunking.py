@@ -28,14 +28,16 @@ Shapes: chunks ``(n_chunks, chunk_size)``, lengths ``(n_chunks,)``, value mask
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 
 from lsmerge.errors import LsMergeError
 
-LAYOUTS = ("flat", "rows")
-NORMALIZATIONS = ("zscore", "slog")
+Layout = Literal["flat", "rows"]
+Normalization = Literal["zscore", "slog"]
+LAYOUTS = get_args(Layout)
+NORMALIZATIONS = get_args(Normalization)
 _MIN_STD = 1e-12
 
 

@@ -24,6 +24,7 @@ relative Frobenius error ||W^ - W||_F / ||W||_F and the kurtosis of W^ against W
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import lightning as L
 import torch
@@ -36,7 +37,8 @@ from lsmerge.data import chunking
 from lsmerge.io.archmap import KINDS
 from lsmerge.models.components import TokenConditioning, Transformer, gaussian_kl
 
-LOSSES = ("mse", "huber")
+Loss = Literal["mse", "huber"]
+LOSSES = get_args(Loss)
 
 
 class OutlierRecall(Metric):
@@ -150,8 +152,8 @@ class WeightVAE(L.LightningModule):
         num_sources: int = 1,
         tensors: list[dict] | None = None,
         family: str | None = None,
-        layout: str = "flat",
-        normalization: str = "zscore",
+        layout: chunking.Layout = "flat",
+        normalization: chunking.Normalization = "zscore",
         slog_kappa: float = 2.0,
         latent_dim: int = 32,
         d_model: int = 128,
@@ -161,7 +163,7 @@ class WeightVAE(L.LightningModule):
         ff_mult: int = 4,
         dropout: float = 0.0,
         use_source_embedding: bool = False,
-        loss: str = "mse",
+        loss: Loss = "mse",
         huber_delta: float = 1.0,
         ae_steps: int = 500,
         beta_max: float = 1e-3,

@@ -21,7 +21,8 @@ from typing import Literal, get_args
 
 from tqdm.auto import tqdm
 
-from lsmerge.codecs.pca import BASIS_PER
+from lsmerge.codecs.pca import BASIS_PER, BasisPer
+from lsmerge.data.chunking import Layout
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import expand_kinds
 from lsmerge.io.compat import check_same_architecture, check_tokenizers
@@ -30,7 +31,7 @@ from lsmerge.io.store import open_checkpoint
 from lsmerge.io.writer import CheckpointWriter, check_output_dir
 from lsmerge.memory import return_freed_tensors_to_the_os
 from lsmerge.merge.latent.base import LatentMethod, MergeParams, check_convex_weights, check_density, check_lambda, get_method
-from lsmerge.merge.latent.depth import DIM_MATCH
+from lsmerge.merge.latent.depth import DIM_MATCH, DimMatch
 from lsmerge.merge.latent.hetero import HeteroJob
 from lsmerge.merge.latent.homogeneous import CodecSettings, HomogeneousJob
 from lsmerge.torch_options import resolve_dtype
@@ -96,12 +97,12 @@ def merge(
     kinds: list[str] | None = None,
     fallback_method: str = "auto",
     ot: bool = True,
-    dim_match: Literal["pca", "truncate"] = "pca",
+    dim_match: DimMatch = "pca",
     shrinkage: str | float = "auto",
     chunk_size: int = 64,
     rank: int | None = None,
-    pca_basis: Literal["tensor", "kind"] = "tensor",
-    layout: Literal["flat", "rows"] = "flat",
+    pca_basis: BasisPer = "tensor",
+    layout: Layout = "flat",
     save_codec: str | None = None,
     seed: int = 0,
     out: str | None = None,

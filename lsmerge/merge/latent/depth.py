@@ -28,14 +28,15 @@ target's before interpolation.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
 
 from lsmerge.errors import LsMergeError
 
-DIM_MATCH = ("pca", "truncate")
+DimMatch = Literal["pca", "truncate"]
+DIM_MATCH = get_args(DimMatch)
 
 
 def depth_map(n_source: int, n_target: int) -> list[list[int]]:

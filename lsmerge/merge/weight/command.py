@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 from lsmerge.errors import LsMergeError
@@ -41,7 +41,7 @@ def merge_weights(
     per_tensor: dict | None = None,
     layers: list[int] | None = None,
     kinds: list[str] | None = None,
-    embeddings: str | None = None,
+    embeddings: Literal["merge", "base"] | None = None,
     calibration: Calibration | None = None,
     seed: int = 0,
     out: str | None = None,

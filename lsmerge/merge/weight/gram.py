@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.hf import load_causal_lm, load_tokenizer
 
 
 @dataclass
@@ -74,25 +75,22 @@ def calibration_batches(tokenizer, calib: Calibration) -> list[tuple[torch.Tenso
     return batches
 
 
-def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
-
+def calibration_tokenizer(path: str | Path):
+    """The tokenizer that reads the calibration text; a RegMean-specific message when there is none."""
     try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except Exception as e:  # noqa: BLE001 - any failure means no usable tokenizer
+        return load_tokenizer(path)
+    except LsMergeError:
         raise LsMergeError(
-            f"regmean needs a tokenizer to read the calibration text, and none loads from {path} ({type(e).__name__}). "
+            f"regmean needs a tokenizer to read the calibration text, and none loads from {path}. "
             "Copy tokenizer files into the checkpoint or set calibration.tokenizer to a folder with one."
         ) from None
 
 
 def collect_grams(model_path: str | Path, weight_names: set[str], calib: Calibration, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Average input Gram (in, in) float64 of each nn.Linear whose `<module>.weight` is in `weight_names`."""
-    from transformers import AutoModelForCausalLM
-
-    tokenizer = load_tokenizer(calib.tokenizer or model_path)
+    tokenizer = calibration_tokenizer(calib.tokenizer or model_path)
     batches = calibration_batches(tokenizer, calib)
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).to(device).eval()
+    model = load_causal_lm(model_path, "float32", device)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     state: dict[str, torch.Tensor] = {}

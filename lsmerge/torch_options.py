@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from lsmerge.errors import LsMergeError
@@ -15,6 +17,8 @@ DTYPES = {
     "fp16": torch.float16,
     "float64": torch.float64,
 }
+#: the names DTYPES accepts, as a type: a command parameter annotated with it lists them in --help
+DtypeName = Literal["float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "float64"]
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

@@ -280,11 +280,11 @@ class BaselineMerges(L.Callback):
         if self.tokenizer == BYTES:
             self._ids = byte_ids(text, self.max_tokens, base.config.vocab_size)
         else:
-            from lsmerge.evaluate.perplexity import _tokenize
+            from lsmerge.evaluate.perplexity import encode_text
 
             tok = load_tokenizer(self.tokenizer or self.base_path)
             tok.model_max_length = int(1e12)  # we window ourselves
-            self._ids = _tokenize(tok, text, self.max_tokens)
+            self._ids = encode_text(tok, text, self.max_tokens)
             self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         if self._ids.numel() < 2:
             raise LsMergeError(f"{self.text} gives {self._ids.numel()} token(s); at least 2 are needed to score one. Use a longer text.")

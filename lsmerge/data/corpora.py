@@ -34,12 +34,13 @@ import platform
 import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Mapping
+from typing import Iterable, Literal, Mapping, get_args
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.atomic import replace_dir, temp_dir_beside
 
-SPLITS = ("train", "validation", "test")
+Split = Literal["train", "validation", "test"]  # a command parameter annotated with it lists them in --help
+SPLITS: tuple[str, ...] = get_args(Split)
 CORPORA = ("shakespeare", "python")
 DEFAULT_RATIOS = (0.90, 0.05, 0.05)
 DEFAULT_SALT = "lsmerge-corpus-v1"

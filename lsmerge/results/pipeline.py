@@ -290,7 +290,8 @@ def score_model(built: dict, settings: dict) -> dict:
     """Perplexity of a checkpoint (`built["path"]`) or of a hidden-state mix (`built["hidden"]`)
     on every corpus, with one tokenisation and one set of windows for both kinds of row."""
     from lsmerge.callbacks.baselines import _MixedForward
-    from lsmerge.evaluate.perplexity import _tokenize, perplexity_of_ids, resolve_corpus
+    from lsmerge.data.corpora import corpus_path
+    from lsmerge.evaluate.perplexity import encode_text, perplexity_of_ids
     from lsmerge.io.hf import load_causal_lm, load_tokenizer
     from lsmerge.merge.hidden import HiddenStateMixer, MixSpec
 
@@ -306,10 +307,10 @@ def score_model(built: dict, settings: dict) -> dict:
             model = _MixedForward(model, expert, mixer, int(hidden["mix_layer"]))
         out = {}
         for corpus in settings["corpora"]:
-            path = resolve_corpus(settings["root"], corpus, settings["split"])
+            path = corpus_path(settings["root"], corpus, settings["split"])
             if not path.is_file():
                 raise LsMergeError(f"corpus {corpus} ({path}) is missing; run `lsmerge fetch` first.")
-            ids = _tokenize(tokenizer, path.read_text(encoding="utf-8"), settings["max_tokens"])
+            ids = encode_text(tokenizer, path.read_text(encoding="utf-8"), settings["max_tokens"])
             with torch.inference_mode():
                 ppl, nll, count, _ = perplexity_of_ids(model, ids, max_length=settings["max_length"], stride=settings["stride"],
                                                        batch_size=settings["batch_size"], pad_id=pad_id)  # fmt: skip

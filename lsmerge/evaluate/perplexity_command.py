@@ -1,0 +1,243 @@
+"""The `lsmerge evaluate` command: perplexity of checkpoints x texts, a table, JSON and CSV.
+
+Every check (models, texts, corpora, windows, output paths) runs before any model is loaded.
+Each model is scored with its own tokenizer; token ids are shared between models whose
+tokenizer files are equal. The scoring itself is `perplexity.perplexity_of_ids`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from lsmerge.data.corpora import Split, corpus_path
+from lsmerge.errors import LsMergeError
+from lsmerge.evaluate.perplexity import PerplexityResult, check_window, encode_text, perplexity_of_ids
+from lsmerge.io.atomic import write_text_atomic
+from lsmerge.io.hf import TOKENIZER_FILES, load_tokenizer
+from lsmerge.io.store import open_checkpoint
+from lsmerge.torch_options import DtypeName, resolve_device, resolve_dtype
+
+
+# -- checks and paths ------------------------------------------------------------------------
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise LsMergeError(
+            f"model folder {path} does not exist. Check the path, or run `lsmerge fetch` to get the base models."
+        )
+    open_checkpoint(path)  # raises on missing or broken weights
+    if not (path / "config.json").exists():
+        raise LsMergeError(f"{path} has no config.json; evaluate needs a Hugging Face checkpoint folder with its config.")
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise LsMergeError(
+            f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); each model is evaluated with its own "
+            "tokenizer. Copy them from the model it was derived from."
+        )
+
+
+def _check_text(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise LsMergeError(f"{what} {path} does not exist. Check the path.")
+    if not path.read_bytes().strip():
+        raise LsMergeError(f"{what} {path} is empty; give a file with text in it.")
+
+
+def _unique_labels(paths: list[Path], names: list[str]) -> list[str]:
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+
+
+def output_paths(out: str | os.PathLike) -> tuple[Path, Path]:
+    """`out` as a folder (existing, or written with a trailing slash) -> `<out>/perplexity.{json,csv}`;
+    otherwise a file stem -> `<out>.json` and `<out>.csv` (a `.json` / `.csv` suffix is dropped)."""
+    text = str(out)
+    path = Path(text).expanduser()
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        return path / "perplexity.json", path / "perplexity.csv"
+    if path.suffix in (".json", ".csv"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".json"), path.with_name(path.name + ".csv")
+
+
+def _tokenizer_key(path: Path) -> str:
+    """sha256 over the tokenizer files of a checkpoint: equal keys give equal token ids."""
+    h = hashlib.sha256()
+    for f in TOKENIZER_FILES:
+        if (path / f).exists():
+            h.update(f.encode() + b"\0" + (path / f).read_bytes())
+    return h.hexdigest()
+
+
+def format_table(results: list[PerplexityResult]) -> str:
+    """Perplexity table: one row per model, one column per text."""
+    models = list(dict.fromkeys(r.model for r in results))
+    texts = list(dict.fromkeys(r.text for r in results))
+    cell = {(r.model, r.text): r.perplexity for r in results}
+    width0 = max(len("model"), *(len(m) for m in models))
+    widths = [max(10, len(t)) for t in texts]
+    lines = ["  ".join([f"{'model':<{width0}}", *(f"{t:>{w}}" for t, w in zip(texts, widths))])]
+    lines.append("  ".join(["-" * width0, *("-" * w for w in widths)]))
+    for m in models:
+        lines.append("  ".join([f"{m:<{width0}}", *(f"{cell[(m, t)]:>{w}.3f}" for t, w in zip(texts, widths))]))
+    return "\n".join(lines)
+
+
+def write_results(results: list[PerplexityResult], settings: dict, out: str | os.PathLike) -> tuple[Path, Path]:
+    """Write `<json>` ({"settings": ..., "results": [...]}) and `<csv>` (one row per model x text)."""
+    json_path, csv_path = output_paths(out)
+    rows = [asdict(r) for r in results]
+    write_text_atomic(json_path, json.dumps({"settings": settings, "results": rows}, indent=2) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(csv_path, buf.getvalue())
+    return json_path, csv_path
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def evaluate(
+    *,
+    models: list[str],
+    texts: list[str] | None = None,
+    corpora: list[str] | None = None,
+    split: Split = "validation",
+    root: str = "checkpoints",
+    max_length: int = 512,
+    stride: int = 256,
+    batch_size: int = 4,
+    max_tokens: int | None = None,
+    device: str = "cpu",
+    dtype: DtypeName = "float32",
+    out: str | None = None,
+) -> list[PerplexityResult]:
+    """Perplexity of one or more checkpoints on text files and/or prepared corpora.
+
+    Each model is scored with its own tokenizer (loaded from its folder) on every text, through
+    sliding windows of `max_length` tokens moved by `stride` (each token scored once, with at
+    least max_length - stride tokens of context after the first window). Prints a model x text
+    table of perplexities.
+
+    Args:
+        models: Hugging Face checkpoint folders (weights, config.json and tokenizer files).
+        texts: plain-text files (UTF-8).
+        corpora: prepared corpus names (e.g. shakespeare, python), read from
+            <root>/corpora/<name>/<split>.txt (made by `lsmerge fetch`).
+        split: corpus split.
+        root: the checkpoints root holding `corpora/`.
+        max_length: window length in tokens (>= 2).
+        stride: tokens between window starts (1 <= stride <= max_length); smaller is slower and
+            gives each token more context.
+        batch_size: windows per forward pass.
+        max_tokens: score at most this many tokens of each text (its beginning), for quick runs.
+        device: torch device, e.g. cpu or cuda.
+        dtype: model dtype (fp32, bf16, fp16 are aliases); log-probabilities are always float32.
+        out: where to write results: a file stem (writes STEM.json and STEM.csv) or a folder
+            (existing, or given with a trailing slash: writes perplexity.json / perplexity.csv in it).
+
+    Returns:
+        one PerplexityResult per (model, text), models outer.
+    """
+    # -- every check before any work -------------------------------------------------------
+    if not models:
+        raise LsMergeError("no models given; pass --models DIR [DIR ...] (Hugging Face checkpoint folders).")
+    if not texts and not corpora:
+        raise LsMergeError("nothing to evaluate on; pass --texts FILE ... and/or --corpora shakespeare python.")
+    check_window(max_length, stride)
+    if batch_size < 1:
+        raise LsMergeError(f"batch_size={batch_size} must be at least 1.")
+    if max_tokens is not None and max_tokens < 1:
+        raise LsMergeError(f"max_tokens={max_tokens} must be at least 1 (or left unset to score whole texts).")
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    model_paths = [Path(m).expanduser().resolve() for m in models]
+    for p in model_paths:
+        _check_model_dir(p)
+    text_paths: list[Path] = []
+    text_names: list[str] = []
+    for t in texts or []:
+        p = Path(t).expanduser().resolve()
+        _check_text(p, "text file")
+        text_paths.append(p)
+        text_names.append(p.name)
+    for name in corpora or []:
+        p = corpus_path(root, name, split)
+        if not p.is_file():
+            raise LsMergeError(
+                f"corpus {name!r} ({split} split) is not prepared: {p} does not exist. Run `lsmerge fetch` "
+                f"(with the same root, {root!r}) or pass the file with --texts."
+            )
+        _check_text(p.resolve(), f"corpus {name!r} file")
+        text_paths.append(p.resolve())
+        text_names.append(f"{name}/{split}")
+    model_labels = _unique_labels(model_paths, [p.name for p in model_paths])
+    text_labels = _unique_labels(text_paths, text_names)
+    if out is not None:
+        json_path, csv_path = output_paths(out)
+        for p in (json_path, csv_path):
+            if p.exists() and not p.is_file():
+                raise LsMergeError(f"output {p} exists and is not a file. Choose another --out.")
+    settings = {
+        "max_length": max_length,
+        "stride": stride,
+        "batch_size": batch_size,
+        "max_tokens": max_tokens,
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        "split": split,
+    }
+
+    # -- run ---------------------------------------------------------------------------------
+    from transformers import AutoModelForCausalLM
+
+    contents = [p.read_text(encoding="utf-8", errors="replace") for p in text_paths]
+    token_cache: dict[tuple[str, int], torch.Tensor] = {}
+    results: list[PerplexityResult] = []
+    for model_path, model_label in zip(model_paths, model_labels):
+        tokenizer = load_tokenizer(model_path)
+        tokenizer.model_max_length = int(1e12)  # we window ourselves; silence the length warning
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        key = _tokenizer_key(model_path)
+        # not io.hf.load_causal_lm: that reads safetensors only, and evaluate also takes the .bin
+        # checkpoints open_checkpoint accepts
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(torch_device).eval()
+        for i, (text_path, text_label) in enumerate(zip(text_paths, text_labels)):
+            if (key, i) not in token_cache:
+                token_cache[(key, i)] = encode_text(tokenizer, contents[i], max_tokens)
+            ids = token_cache[(key, i)]
+            if ids.numel() < 2:
+                raise LsMergeError(
+                    f"{text_path} gives {ids.numel()} token(s) with the tokenizer of {model_path}; at least 2 are "
+                    "needed to score one. Use a longer text."
+                )
+            ppl, nll, count, n_windows = perplexity_of_ids(
+                model,
+                ids,
+                max_length=max_length,
+                stride=stride,
+                batch_size=batch_size,
+                pad_id=pad_id,
+                device=torch_device,
+                progress=True,
+            )
+            results.append(
+                PerplexityResult(model_label, text_label, ppl, nll, count, n_windows, str(model_path), str(text_path))
+            )
+        del model
+    print(format_table(results))
+    if out is not None:
+        json_path, csv_path = write_results(results, settings, out)
+        print(f"wrote {json_path} and {csv_path}")
+    if any(not math.isfinite(r.perplexity) for r in results):
+        print("warning: some perplexities are not finite (NaN or inf weights, or float16 overflow?)")
+    return results

@@ -1,0 +1,177 @@
+"""`lsmerge evaluate` (`lsmerge.evaluate.perplexity_command`): the command end to end on tiny
+Llamas, output paths, typed choices, and every bad input refused before anything is written."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from lsmerge.data.corpora import corpus_path
+from lsmerge.errors import LsMergeError
+from lsmerge.evaluate.perplexity import perplexity_of_ids
+from lsmerge.evaluate.perplexity_command import evaluate, output_paths
+from tests.evaluate_helpers import sample_text, tiny_llama, word_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Two tiny Llamas (different seeds) saved with the same tokenizer."""
+    root = tmp_path_factory.mktemp("models")
+    tok = word_tokenizer()
+    paths = []
+    for seed, name in ((0, "llama-a"), (1, "llama-b")):
+        path = root / name
+        tiny_llama(seed).save_pretrained(path)
+        tok.save_pretrained(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "sample.txt"
+    path.write_text(sample_text(150, seed=3))
+    return path
+
+
+
+def test_evaluate_end_to_end(tiny_models, text_file, tmp_path, capsys):
+    root = tmp_path / "ckpt"
+    corpus = corpus_path(root, "shakespeare", "validation")
+    corpus.parent.mkdir(parents=True)
+    corpus.write_text(sample_text(120, seed=4))
+    out = tmp_path / "results" / "ppl"
+    results = evaluate(
+        models=[str(p) for p in tiny_models],
+        texts=[str(text_file)],
+        corpora=["shakespeare"],
+        root=str(root),
+        max_length=16,
+        stride=8,
+        batch_size=3,
+        out=str(out),
+    )
+    assert [(r.model, r.text) for r in results] == [
+        ("llama-a", "sample.txt"),
+        ("llama-a", "shakespeare/validation"),
+        ("llama-b", "sample.txt"),
+        ("llama-b", "shakespeare/validation"),
+    ]
+    printed = capsys.readouterr().out
+    assert "llama-a" in printed and "shakespeare/validation" in printed
+
+    # the same numbers as scoring the tokenized text directly
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models[1])
+    ids = torch.tensor(tok(text_file.read_text())["input_ids"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[1]).eval()
+    ppl, _, count, _ = perplexity_of_ids(model, ids, max_length=16, stride=8)
+    assert results[2].perplexity == pytest.approx(ppl, rel=1e-6)
+    assert results[2].tokens_scored == count == ids.numel() - 1
+    assert results[0].perplexity != pytest.approx(results[2].perplexity)  # two different models
+
+    data = json.loads(out.with_name("ppl.json").read_text())
+    assert data["settings"]["stride"] == 8 and len(data["results"]) == 4
+    assert data["results"][3]["perplexity"] == pytest.approx(results[3].perplexity)
+    rows = list(csv.DictReader(out.with_name("ppl.csv").open()))
+    assert [r["model"] for r in rows] == ["llama-a", "llama-a", "llama-b", "llama-b"]
+    assert float(rows[1]["perplexity"]) == pytest.approx(results[1].perplexity)
+
+
+def test_max_tokens_caps_scored_tokens(tiny_models, text_file):
+    (result,) = evaluate(models=[str(tiny_models[0])], texts=[str(text_file)], max_length=16, stride=8, max_tokens=25)
+    assert result.tokens_scored == 25
+
+
+def test_cli_writes_into_a_folder(tiny_models, text_file, tmp_path, capsys):
+    from lsmerge.cli import main
+
+    out = tmp_path / "res"
+    out.mkdir()
+    main(
+        [
+            "evaluate",
+            "--models", json.dumps([str(tiny_models[0])]),
+            "--texts", json.dumps([str(text_file)]),
+            "--max_length", "32",
+            "--stride", "16",
+            "--max_tokens", "40",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert "llama-a" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "perplexity.csv").open()))
+    assert len(rows) == 1 and int(rows[0]["tokens_scored"]) == 40
+    assert json.loads((out / "perplexity.json").read_text())["results"][0]["tokens_scored"] == 40
+
+
+def test_output_paths(tmp_path):
+    assert output_paths(tmp_path) == (tmp_path / "perplexity.json", tmp_path / "perplexity.csv")
+    assert output_paths(str(tmp_path / "new") + "/") == (tmp_path / "new/perplexity.json", tmp_path / "new/perplexity.csv")
+    assert output_paths(tmp_path / "a.json") == (tmp_path / "a.json", tmp_path / "a.csv")
+    assert output_paths(tmp_path / "run.1") == (tmp_path / "run.1.json", tmp_path / "run.1.csv")
+
+
+# -- bad input: one clear error, nothing written ----------------------------------------------
+
+
+def _bad_cases(tiny_models, text_file, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n\n")
+    no_tok = tmp_path / "no-tokenizer"
+    tiny_llama(0).save_pretrained(no_tok)
+    model, text = str(tiny_models[0]), str(text_file)
+    return [
+        (dict(models=[str(tmp_path / "missing")], texts=[text]), "does not exist"),
+        (dict(models=[model], texts=[str(tmp_path / "nope.txt")]), "does not exist"),
+        (dict(models=[model], texts=[str(empty)]), "empty"),
+        (dict(models=[model], corpora=["python"], root=str(tmp_path / "r")), "lsmerge fetch"),
+        (dict(models=[model], texts=[text], max_length=8, stride=9), "stride"),
+        (dict(models=[model], texts=[text], stride=0), "stride"),
+        (dict(models=[model]), "nothing to evaluate"),
+        (dict(models=[str(no_tok)], texts=[text]), "tokenizer"),
+        (dict(models=[model], texts=[text], dtype="float8"), "dtype"),
+        (dict(models=[model], texts=[text], max_tokens=0), "max_tokens"),
+        (dict(models=[model], corpora=["python"], split="dev"), "unknown split 'dev'"),
+    ]
+
+
+def test_bad_input_raises_before_writing(tiny_models, text_file, tmp_path):
+    out = tmp_path / "out" / "ppl"
+    for kwargs, match in _bad_cases(tiny_models, text_file, tmp_path):
+        with pytest.raises(LsMergeError, match=match):
+            evaluate(out=str(out), **kwargs)
+    assert not out.parent.exists()
+
+
+def test_cli_reports_error(tiny_models, tmp_path, capsys):
+    from lsmerge.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--models", json.dumps([str(tiny_models[0])]), "--texts", json.dumps([str(tmp_path / "x.txt")])])
+    assert e.value.code == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_typed_choices(tiny_models, text_file, capsys):
+    """dtype and split are typed choices: --help lists them and the parser refuses others (exit 2)."""
+    from typing import get_args
+
+    from lsmerge.cli import main
+    from lsmerge.torch_options import DTYPES, DtypeName
+
+    assert set(get_args(DtypeName)) == set(DTYPES)
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--help"])
+    assert e.value.code == 0
+    printed = capsys.readouterr().out
+    assert "--split {train,validation,test}" in printed and "{float32,fp32,bfloat16,bf16,float16,fp16,float64}" in printed
+    base = ["evaluate", "--models", json.dumps([str(tiny_models[0])]), "--texts", json.dumps([str(text_file)])]
+    for args in (["--dtype", "float8"], ["--split", "dev"]):
+        with pytest.raises(SystemExit) as e:
+            main([*base, *args])
+        assert e.value.code == 2 and f"Got value: {args[1]}" in capsys.readouterr().err

@@ -36,6 +36,7 @@ import torch
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.atomic import replace_dir, temp_dir_beside, write_text_atomic
+from lsmerge.io.hf import load_causal_lm, load_tokenizer
 
 STATE_FILE = "trainer_state.pt"
 ADAPTER_SUBDIR = "adapter"
@@ -195,8 +196,6 @@ def train_expert(cfg: ExpertConfig, print_fn=print) -> dict:
 
     Returns the final state summary: step, tokens_seen, train_seconds, skipped, last_loss.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     state = read_state(cfg.state_dir)
     if state is not None and budget_reached(cfg, state["step"], state["train_seconds"]) and outputs_exist(cfg):
         print_fn(f"{Path(cfg.merged_dir).name}: done at step {state['step']} ({state['tokens_seen']} tokens); skipped")
@@ -206,7 +205,7 @@ def train_expert(cfg: ExpertConfig, print_fn=print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+    tokenizer = load_tokenizer(cfg.base)
     tokenizer.model_max_length = int(1e12)
     text = Path(cfg.train_text).read_text(encoding="utf-8")
     t0 = time.perf_counter()
@@ -215,7 +214,7 @@ def train_expert(cfg: ExpertConfig, print_fn=print) -> dict:
              f"(tokenized in {time.perf_counter() - t0:.1f} s)")
 
     torch.manual_seed(cfg.seed)
-    base_model = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32)
+    base_model = load_causal_lm(cfg.base, "float32")
     model = _peft_model(cfg, base_model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -275,13 +274,11 @@ def perplexity_on_texts(model_dir: str | os.PathLike, texts: dict[str, str], *, 
                         max_tokens: int | None = 16384, batch_size: int = 4) -> dict[str, float]:
     """{text name: perplexity} of one checkpoint on text files, each scored on its first
     `max_tokens` tokens in non-overlapping windows of `max_length` (`perplexity_of_ids`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from lsmerge.evaluate.perplexity import encode_text, perplexity_of_ids
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     tokenizer.model_max_length = int(1e12)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = load_causal_lm(model_dir, "float32")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = {}
     for name, path in texts.items():

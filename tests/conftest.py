@@ -30,3 +30,15 @@ def tiny_llama(tmp_path):
     path = tmp_path / "tiny_llama"
     make_tiny_llama(path)
     return path
+
+
+def tiny_causal_lm(seed: int, layers: int = 4, **config):
+    """An in-memory random tiny Llama in eval mode (hidden 32, vocab 128) for hidden-state tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128, max_position_embeddings=128, initializer_range=0.2, **config,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()

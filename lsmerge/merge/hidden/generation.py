@@ -8,8 +8,8 @@ Each decoding step:
    its residual stream at `mix_layer` by the operator's combination (lerp / slerp / mean), or a
    `Steerer` that adds alpha * delta (steer: no source model is run at all);
 3. the next token is chosen from the base's last-position logits (float32): greedy when
-   temperature == 0, else softmax(logits / temperature) restricted to the top-p nucleus and
-   sampled with a seeded `torch.Generator`.
+   temperature == 0, else softmax(logits / temperature) restricted to the top-p nucleus
+   (transformers' logits warpers) and sampled with a seeded `torch.Generator`.
 
 So a step costs about 1 + N_src * mix_layer / num_layers base forwards (the sources never run their
 upper layers, final norm or LM head) instead of 1 + N_src.
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 
 from lsmerge.errors import LsMergeError
 from lsmerge.merge.hidden.hooks import check_mix_layer, num_layers, residual_stream
@@ -61,19 +61,18 @@ def sample_next_token(
 
     temperature == 0: argmax. Otherwise p = softmax(logits / temperature); top_p < 1 keeps the
     smallest set of most likely tokens whose probability reaches top_p (the most likely token
-    always stays), renormalises, and samples with `generator`.
+    always stays), renormalises, and samples with `generator`. The logits are warped by
+    transformers' `TemperatureLogitsWarper` and `TopPLogitsWarper` (as `model.generate` does).
     """
     if temperature < 0 or not 0.0 < top_p <= 1.0:
         raise LsMergeError(f"temperature={temperature} must be >= 0 and top_p={top_p} in (0, 1]")
     logits = logits.float()
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    scores = TemperatureLogitsWarper(temperature)(None, logits)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    probs = torch.softmax(scores, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -35,9 +35,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("lsmerge.export:export", "write a checkpoint with the VAE's tensors replaced by their reconstructions"),
     "merge": ("lsmerge.merge.latent.command:merge", "LS-Merge in a codec's latent space (VAE or PCA): lerp, soup, task arithmetic, TIES, DARE, self-merge, heterogeneous with OT"),
     "merge-weights": ("lsmerge.merge.weight.command:merge_weights", "weight-space merges: linear, SLERP, task arithmetic, TIES, DARE, RegMean; layer / module selection; mergekit recipes"),
-    "generate": ("lsmerge.generate:generate", "generate with hidden-state mixing (lerp / slerp / mean) or steering; JSONL out"),
-    "sweep": ("lsmerge.sweep:sweep", "hidden-state mixing over layers x ratios x operators: perplexity, CKA, midness; CSV + heatmap"),
-    "steer": ("lsmerge.steering:steer", "compute per-layer steering deltas (mean h_ft - h_base over prompt tokens) to safetensors"),
+    "generate": ("lsmerge.merge.hidden.command:generate", "generate with hidden-state mixing (lerp / slerp / mean) or steering; JSONL out"),
+    "sweep": ("lsmerge.evaluate.sweep:sweep", "hidden-state mixing over layers x ratios x operators: perplexity, CKA, midness; CSV + heatmap"),
+    "steer": ("lsmerge.merge.hidden.steering:steer", "compute per-layer steering deltas (mean h_ft - h_base over prompt tokens) to safetensors"),
     "judge": ("lsmerge.evaluate.judge.command:judge", "pairwise judge of two response sets (local LM or OpenAI-compatible endpoint), both orders, win / tie / loss with CI"),
 }
 

@@ -22,8 +22,8 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from lsmerge.generation import DualModelGenerator
 from lsmerge.merge.hidden import MixSpec, num_layers
+from lsmerge.merge.hidden.generation import DualModelGenerator
 
 SMOLLM2 = "checkpoints/base/smollm2-135m-instruct"
 

@@ -61,3 +61,15 @@ def tiny_world(tmp_path_factory) -> SimpleNamespace:
     (root / "text.txt").write_text(" ".join(TINY_WORDS[i] for i in torch.randint(len(TINY_WORDS), (400,), generator=g).tolist()) + "\n")
     return SimpleNamespace(root=root, text=root / "text.txt",
                            **{n: root / n for n in ("base", "e1", "e2", "e1_copy", "deep")})
+
+
+def tiny_causal_lm(seed: int, layers: int = 4, **config):
+    """An in-memory random tiny Llama in eval mode (hidden 32, vocab 128) for hidden-state tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128, max_position_embeddings=128, initializer_range=0.2, **config,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()

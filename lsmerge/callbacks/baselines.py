@@ -44,9 +44,10 @@ from lsmerge.errors import LsMergeError
 from lsmerge.io.compat import check_same_architecture, model_family
 from lsmerge.io.hf import TOKENIZER_FILES, resolve_model
 from lsmerge.io.store import CheckpointStore, open_checkpoint
+from lsmerge.merge.hidden.base import operator_names
 
 WEIGHT_METHODS = ("lerp", "slerp", "ties")
-HIDDEN_OPERATORS = ("lerp", "slerp")
+HIDDEN_OPERATORS = operator_names("one")  # the registry's operators on exactly one expert: lerp, slerp
 BYTES = "bytes"
 
 
@@ -118,21 +119,6 @@ def vae_codec(pl_module: L.LightningModule):
     finally:
         for m, training in modes.items():
             m.training = training
-
-
-class _MixedForward:
-    """Callable LM for `perplexity_of_ids`: the expert runs layers[:mix_layer] only, the base
-    runs with its residual stream at mix_layer mixed (an entered `HiddenStateMixer`)."""
-
-    def __init__(self, base, expert, mixer, mix_layer: int):
-        self.base, self.expert, self.mixer, self.mix_layer = base, expert, mixer, mix_layer
-
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        from lsmerge.merge.hidden import residual_stream
-
-        h = residual_stream(self.expert, self.mix_layer, input_ids, attention_mask=attention_mask)  # (b, w, hidden)
-        self.mixer.set_sources([h])
-        return self.base(input_ids=input_ids, attention_mask=attention_mask)
 
 
 class BaselineMerges(L.Callback):
@@ -340,7 +326,7 @@ class BaselineMerges(L.Callback):
         return ppl
 
     def _fixed_rows(self, device) -> dict[str, float]:
-        from lsmerge.merge.hidden import HiddenStateMixer, MixSpec
+        from lsmerge.merge.hidden import HiddenStateMixer, MixedForward, MixSpec
         from lsmerge.merge.weight.base import TensorContext
 
         base, expert, merged = self._models["base"], self._models["expert"], self._models["merged"]
@@ -351,7 +337,7 @@ class BaselineMerges(L.Callback):
             rows[w.name] = self._perplexity(merged, device)
         for h in self.hidden:
             with HiddenStateMixer(base, MixSpec(h.operator, h.mix_layer, h.beta, "all")) as mixer:
-                rows[h.name] = self._perplexity(_MixedForward(base, expert, mixer, h.mix_layer), device)
+                rows[h.name] = self._perplexity(MixedForward(base, [expert], mixer), device)
         return rows
 
     def _latent_row(self, pl_module: L.LightningModule, device) -> float:

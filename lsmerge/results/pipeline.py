@@ -289,11 +289,15 @@ def _checkpoint_key(path: str, row: Row) -> str:
 def score_model(built: dict, settings: dict) -> dict:
     """Perplexity of a checkpoint (`built["path"]`) or of a hidden-state mix (`built["hidden"]`)
     on every corpus, with one tokenisation and one set of windows for both kinds of row."""
+<<<<<<< HEAD
     from lsmerge.callbacks.baselines import _MixedForward
     from lsmerge.data.corpora import corpus_path
     from lsmerge.evaluate.perplexity import encode_text, perplexity_of_ids
+=======
+    from lsmerge.evaluate.perplexity import _tokenize, perplexity_of_ids, resolve_corpus
+>>>>>>> hidden
     from lsmerge.io.hf import load_causal_lm, load_tokenizer
-    from lsmerge.merge.hidden import HiddenStateMixer, MixSpec
+    from lsmerge.merge.hidden import HiddenStateMixer, MixedForward, MixSpec
 
     hidden = built.get("hidden")
     first = hidden["base"] if hidden else built["path"]
@@ -304,7 +308,7 @@ def score_model(built: dict, settings: dict) -> dict:
         if hidden:
             expert = load_causal_lm(hidden["source"], settings["dtype"], "cpu")
             mixer = stack.enter_context(HiddenStateMixer(model, MixSpec(hidden["operator"], int(hidden["mix_layer"]), float(hidden["beta"]), "all")))
-            model = _MixedForward(model, expert, mixer, int(hidden["mix_layer"]))
+            model = MixedForward(model, [expert], mixer)
         out = {}
         for corpus in settings["corpora"]:
             path = corpus_path(settings["root"], corpus, settings["split"])

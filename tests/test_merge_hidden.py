@@ -1,24 +1,26 @@
-"""Hidden-state mixing: operators, hooks, early exit, steering deltas, representation metrics, sweep."""
+"""`lsmerge.merge.hidden`: the operator registry, the operators, hooks, early exit and the mixers."""
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import tiny_causal_lm
 from lsmerge.errors import LsMergeError
-from lsmerge.evaluate.representation import LinearCKA, Midness, linear_cka_tt
 from lsmerge.merge.hidden import (
+    OPERATORS,
     HiddenStateMixer,
     MixSpec,
     ResidualHooks,
+    ResidualRecorder,
     Steerer,
     decoder_layers,
+    get_operator,
     lerp,
     mean,
+    register,
     residual_stream,
     slerp,
     steer,
@@ -27,13 +29,8 @@ from lsmerge.merge.hidden import (
 N_LAYERS = 4
 
 
-def tiny(seed: int, layers: int = N_LAYERS) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=128, max_position_embeddings=128, initializer_range=0.2,
-    )  # fmt: skip
-    return LlamaForCausalLM(cfg).eval()
+def tiny(seed: int, layers: int = N_LAYERS):
+    return tiny_causal_lm(seed, layers)
 
 
 @pytest.fixture(scope="module")
@@ -199,70 +196,89 @@ def test_out_of_range_layer_is_an_error_naming_layer_count(models):
         MixSpec("regmean", 1, 0.5)
 
 
-# -- steering deltas ---------------------------------------------------------------------------
+# -- the registry ------------------------------------------------------------------------------
 
 
-def test_steering_deltas_roundtrip(models, tmp_path):
-    from lsmerge.steering import compute_deltas, load_deltas, save_deltas
+def check_identity_point(name: str, base, ft, twin) -> None:
+    """Operator `name` at its identity point (beta = 0; alpha = 0 without sources) returns the
+    base's state, and leaves the base's residual streams at every layer and its logits bit for
+    bit unchanged through the `HiddenStateMixer` (and, without sources, the `Steerer`) hooks."""
+    op = get_operator(name)
+    with ResidualRecorder(base, range(N_LAYERS + 1)) as rec:
+        ref_logits = base(input_ids=IDS, use_cache=False).logits
+    ref = dict(rec.states)
+    n_sources = {"one": 1, "many": 2, "none": 0}[op.sources]
+    delta = torch.randn(base.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    states = [residual_stream(m, 2, IDS) for m in (ft, twin)[:n_sources]]
+    # the pure function itself (the hooks below also skip an identity spec)
+    assert torch.equal(MixSpec(name, 2, beta=0.0, alpha=0.0).combine(ref[2], states, delta), ref[2]), name
+    for tokens in ("all", "last"):
+        spec = MixSpec(name, 2, beta=0.0, tokens=tokens, alpha=0.0)
+        spec.check_sources(n_sources)
+        assert spec.is_identity
+        hooks = [HiddenStateMixer(base, spec, delta=delta if op.sources == "none" else None)]
+        if op.sources == "none":
+            hooks.append(Steerer(base, {1: delta, 3: delta}, alpha=0.0, tokens=tokens, operator=name))
+        for hook in hooks:
+            with hook, ResidualRecorder(base, range(N_LAYERS + 1)) as rec:
+                if isinstance(hook, HiddenStateMixer) and n_sources:
+                    hook.set_sources(states)
+                logits = base(input_ids=IDS, use_cache=False).logits
+            assert torch.equal(logits, ref_logits), (name, tokens, type(hook).__name__)
+            assert all(torch.equal(rec.states[layer], ref[layer]) for layer in ref), (name, tokens)
 
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+def test_every_operator_is_exact_at_its_identity_point(models, name):
     base, ft = models
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
-    deltas, count = compute_deltas(base, ft, prompts, [0, 2, 4], batch_size=2)
-    assert count == 8
-    # reference: plain token-weighted mean over unpadded single-prompt runs
-    diffs = [residual_stream(ft, 2, torch.tensor([p])) - residual_stream(base, 2, torch.tensor([p])) for p in prompts]
-    expected = torch.cat([d[0] for d in diffs]).mean(0)
-    assert torch.allclose(deltas[2], expected, atol=1e-5)
-    save_deltas(deltas, str(tmp_path / "d.safetensors"), {"base": "b"})
-    loaded = load_deltas(str(tmp_path / "d.safetensors"))
-    assert sorted(loaded) == [0, 2, 4] and torch.equal(loaded[4], deltas[4])
+    check_identity_point(name, base, ft, tiny(2))
 
 
-# -- metrics -----------------------------------------------------------------------------------
-
-
-def test_linear_cka_tt_matches_feature_form_and_invariances():
-    x, y = torch.randn(10, 6), torch.randn(10, 9)
-    xc, yc = x - x.mean(0), y - y.mean(0)
-    feature_form = (xc.T @ yc).norm() ** 2 / ((xc.T @ xc).norm() * (yc.T @ yc).norm())
-    assert torch.allclose(linear_cka_tt(x, y), feature_form, atol=1e-5)
-    q, _ = torch.linalg.qr(torch.randn(6, 6))
-    assert torch.allclose(linear_cka_tt(x, 3 * x @ q + 1), torch.tensor(1.0), atol=1e-5)
-    metric = LinearCKA()
-    metric.update(torch.stack([x, x]), torch.stack([x, y @ torch.randn(9, 6)]), mask=torch.ones(2, 10))
-    assert 0.0 < float(metric.compute()) < 1.0
-
-
-def test_midness_on_and_off_geodesic():
-    b, f = torch.randn(50, 16), torch.randn(50, 16)
-    m = Midness()
-    m.update(b, f, slerp(b, f, 0.5))
-    r = m.compute()
-    assert abs(float(r["midpoint_cos"]) - 1) < 1e-4 and abs(float(r["arc_ratio"]) - 0.5) < 1e-3
-    assert float(r["arc_deviation"]) < 1e-3 and float(r["geodesic_excess"]) < 1e-3
-    off = Midness()
-    off.update(b, f, torch.randn(50, 16))
-    assert float(off.compute()["geodesic_excess"]) > 0.1
-
-
-# -- sweep -------------------------------------------------------------------------------------
-
-
-def test_sweep_rows_csv_and_heatmap(models, tmp_path):
-    from lsmerge.sweep import plot_heatmap, run_sweep, write_csv
-
+def test_identity_test_covers_the_registry(request, models):
+    """The parametrised test above runs once per registered operator, and its helper checks an
+    operator added later: registered here (and removed again), then a broken one."""
+    session_ids = {item.callspec.params["name"] for item in request.session.items
+                   if item.originalname == "test_every_operator_is_exact_at_its_identity_point"}  # fmt: skip
+    assert session_ids in (set(), set(OPERATORS))  # empty when run on its own with -k
     base, ft = models
-    chunks = torch.randint(0, 128, (3, 16), generator=torch.Generator().manual_seed(0))
-    rows = run_sweep(base, [ft], chunks, layers=[0, 2], ratios=[0.0, 1.0], operators=["lerp", "slerp"], batch_size=2)
-    by_key = {(r["operator"], r["mix_layer"], r["beta"]): r for r in rows}
-    base_ppl = by_key[("base", None, 0.0)]["perplexity"]
-    for op in ("lerp", "slerp"):
-        assert by_key[(op, 2, 0.0)]["perplexity"] == pytest.approx(base_ppl, rel=1e-6)
-        assert by_key[(op, 2, 0.0)]["cka_base"] == pytest.approx(1.0, abs=1e-5)
-    # beta = 1 at layer 0: embeddings replaced by the fine-tuned model's
-    assert by_key[("lerp", 0, 1.0)]["perplexity"] != pytest.approx(base_ppl, rel=1e-3)
-    write_csv(rows, str(tmp_path / "s.csv"))
-    plot_heatmap(rows, str(tmp_path / "s.png"))
-    with open(tmp_path / "s.csv") as f:
-        assert len(list(csv.DictReader(f))) == 2 + 2 * 2 * 2
-    assert (tmp_path / "s.png").stat().st_size > 1000
+    try:
+
+        @register("throwaway_nlerp", sources="one")
+        def throwaway(h_base, h_ft, beta):
+            return h_base if beta == 0.0 else torch.lerp(h_base, h_ft, beta)
+
+        check_identity_point("throwaway_nlerp", base, ft, tiny(2))
+        with pytest.raises(LsMergeError, match="exactly one"):
+            MixSpec("throwaway_nlerp", 1, 0.5).check_sources(2)
+    finally:
+        OPERATORS.pop("throwaway_nlerp", None)
+    try:
+
+        @register("broken", sources="one")
+        def broken(h_base, h_ft, beta):
+            return h_base.clone() + 1e-3  # not the identity at beta = 0
+
+        with pytest.raises(AssertionError):
+            check_identity_point("broken", base, ft, tiny(2))
+    finally:
+        OPERATORS.pop("broken", None)
+    with pytest.raises(LsMergeError, match="throwaway_nlerp"):
+        MixSpec("throwaway_nlerp", 1, 0.5)
+
+
+def test_registry_lookup_and_needs():
+    assert list(OPERATORS) == ["lerp", "slerp", "mean", "steer"]
+    assert {n: (op.sources, op.strength) for n, op in OPERATORS.items()} == {
+        "lerp": ("one", "beta"), "slerp": ("one", "beta"), "mean": ("many", "beta"), "steer": ("none", "alpha"),
+    }  # fmt: skip
+    with pytest.raises(LsMergeError, match="lerp, slerp, mean, steer"):
+        get_operator("regmean")
+    with pytest.raises(ValueError, match="twice"):
+        register("lerp", sources="one")(lerp)
+    with pytest.raises(LsMergeError, match="use `mean` to combine several"):
+        MixSpec("slerp", 1, 0.5).check_sources(2)
+    with pytest.raises(LsMergeError, match="takes no fine-tuned"):
+        MixSpec("steer", 1, alpha=2.0).check_sources(1)
+    with pytest.raises(LsMergeError, match="beta"):
+        MixSpec("mean", 1, 1.5)
+    MixSpec("steer", 1, beta=1.5)  # steer reads alpha, not beta

@@ -1,7 +1,7 @@
 """`lsmerge generate`: responses of a base model mixed with fine-tuned models' hidden states.
 
 Loads the checkpoints (local folders, safetensors), reads the prompts, runs
-`lsmerge.generation.DualModelGenerator` and prints the responses or writes them as JSONL, one
+`generation.DualModelGenerator` and prints the responses or writes them as JSONL, one
 object per prompt: {"index", "prompt", "response", "finish_reason", "num_prompt_tokens",
 "num_new_tokens", "operator", "mix_layer", "beta", "alpha", "tokens"}.
 """
@@ -10,39 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Literal
 
 import torch
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.hf import load_causal_lm, load_tokenizer
+from lsmerge.merge.hidden.base import OPERATORS, TokenMode, operator_names
+from lsmerge.merge.hidden.generation import DualModelGenerator
+from lsmerge.merge.hidden.mixer import MixSpec
+from lsmerge.merge.hidden.prompts import read_prompts
+from lsmerge.merge.hidden.steering import load_deltas
 
-
-
-def read_prompts(prompts: str | list) -> list:
-    """Prompts from a list, a .txt file (one per non-empty line) or a .jsonl file ({"prompt": str}
-    or {"messages": [{"role", "content"}, ...]} per line)."""
-    if isinstance(prompts, list):
-        items = prompts
-    elif isinstance(prompts, str) and os.path.isfile(prompts):
-        with open(prompts, encoding="utf-8") as f:
-            lines = [line.rstrip("\n") for line in f if line.strip()]
-        if prompts.endswith(".jsonl"):
-            items = []
-            for k, line in enumerate(lines, 1):
-                obj = json.loads(line)
-                if "messages" in obj:
-                    items.append(obj["messages"])
-                elif "prompt" in obj:
-                    items.append(obj["prompt"])
-                else:
-                    raise LsMergeError(f"{prompts}:{k}: each JSONL line needs a 'prompt' or 'messages' field")
-        else:
-            items = lines
-    else:
-        raise LsMergeError(f"prompt file {prompts!r} not found; give a .txt / .jsonl file or a list of prompts")
-    if not items:
-        raise LsMergeError("the prompt set is empty")
-    return items
+# The registered operator names as a typed choice (jsonargparse validates and lists them).
+OperatorName = Literal[tuple(OPERATORS)]  # type: ignore[valid-type]
 
 
 def generate(
@@ -50,10 +31,10 @@ def generate(
     base: str,
     prompts: str | list[str],
     fine_tuned: list[str] | None = None,
-    operator: str | None = "slerp",
+    operator: OperatorName | None = "slerp",
     mix_layer: int = 0,
     beta: float = 0.5,
-    tokens: str = "last",
+    tokens: TokenMode = "last",
     weights: list[float] | None = None,
     steering_deltas: str | None = None,
     steer_layers: list[int] | None = None,
@@ -94,10 +75,6 @@ def generate(
         output: JSONL file to write; null prints the responses.
         overwrite: replace an existing output file.
     """
-    from lsmerge.generation import DualModelGenerator
-    from lsmerge.merge.hidden import MixSpec
-    from lsmerge.steering import load_deltas
-
     fine_tuned = list(fine_tuned or [])
     if output and os.path.exists(output) and not overwrite:
         raise LsMergeError(f"{output} exists; choose another output or set overwrite: true")
@@ -106,9 +83,11 @@ def generate(
         spec = MixSpec(operator, mix_layer, beta, tokens, tuple(weights) if weights else None, alpha)
         spec.check_sources(len(fine_tuned))
     elif fine_tuned:
-        raise LsMergeError("fine_tuned models were given but operator is null; choose lerp, slerp or mean")
+        raise LsMergeError(
+            f"fine_tuned models were given but operator is null; choose one of {', '.join(operator_names('one', 'many'))}"
+        )
     deltas = None
-    if spec is not None and spec.operator == "steer":
+    if spec is not None and spec.op.sources == "none":
         if not steering_deltas:
             raise LsMergeError("operator steer needs steering_deltas: compute them with `lsmerge steer`")
         deltas = load_deltas(steering_deltas)
@@ -137,8 +116,8 @@ def generate(
             "num_new_tokens": len(r.token_ids),
             "operator": operator,
             "mix_layer": mix_layer if spec else None,
-            "beta": beta if spec and spec.operator != "steer" else None,
-            "alpha": alpha if spec and spec.operator == "steer" else None,
+            "beta": beta if spec and spec.op.strength == "beta" else None,
+            "alpha": alpha if spec and spec.op.strength == "alpha" else None,
             "tokens": tokens if spec else None,
         }
         for r in results

@@ -2,16 +2,22 @@
 
 For every (operator, mix_layer, beta) the mixed model -- the base with its residual stream at
 `mix_layer` replaced, at every position, by operator(h_base, h_ft, beta) -- is scored on held-out
-text (teacher forcing; tokens: "all" is exactly what generation with tokens: all computes):
+text (teacher forcing; tokens: "all" is exactly what generation with tokens: all computes) by
+the one perplexity of `lsmerge evaluate` (`lsmerge.evaluate.perplexity.perplexity_of_ids`):
 
-    perplexity = exp( sum_chunks sum_t -log p_mix(x_t | x_<t) / number of predicted tokens )
+    perplexity = exp( sum_t -log p_mix(x_t | x_<t) / number of predicted tokens )
 
-over non-overlapping chunks of `seq_len` tokens of the text (the first token of each chunk is
-context only). Beside it, at the last layer's output (residual stream N, before the final norm)
-the mixed states are compared with the base's and the fine-tuned model's: linear CKA to each
-(`LinearCKA`, mean over chunks) and `Midness` (target 0.5). The base and the fine-tuned model
-alone are scored as reference rows. Each fine-tuned model runs once per chunk (its states at all
-swept layers are kept); the base runs once per chunk and combination.
+over the windows `sliding_windows(ids, seq_len, stride=seq_len)`: windows of `seq_len` tokens
+that overlap by one token, so every token but the first is scored once (at most `max_chunks`
+windows). Beside it, at the last layer's output (residual stream N, before the final norm) the
+mixed states are compared with the base's and the fine-tuned model's: linear CKA to each
+(`LinearCKA`, mean over windows) and `Midness` (target 0.5). The base and the fine-tuned model
+alone are scored as reference rows.
+
+Windows are taken `batch_size` at a time: each batch is a token segment whose windows
+`perplexity_of_ids` scores in one forward. Per batch each fine-tuned model runs once (its states
+at all swept layers are recorded) and the base once per combination, the recorded source states
+replayed into its `HiddenStateMixer`.
 
 Writes `<output_dir>/sweep.csv` and `<output_dir>/sweep_heatmap.png` (perplexity, one panel per
 operator: mix layers down, ratios across).
@@ -22,58 +28,81 @@ from __future__ import annotations
 import csv
 import math
 import os
+from typing import Literal
 
 import torch
-from torch.nn import functional as F
+from torch import nn
 
 from lsmerge.errors import LsMergeError
+from lsmerge.evaluate.perplexity import perplexity_of_ids
 from lsmerge.evaluate.representation import LinearCKA, Midness
-from lsmerge.merge.hidden import OPERATORS, HiddenStateMixer, MixSpec, ResidualHooks, check_mix_layer, num_layers
+from lsmerge.merge.hidden import (
+    HiddenStateMixer,
+    MixSpec,
+    ResidualRecorder,
+    check_beta,
+    check_mix_layer,
+    num_layers,
+    operator_names,
+)
 
 COLUMNS = [
     "operator", "mix_layer", "beta", "perplexity", "nll", "tokens",
     "cka_base", "cka_ft", "midpoint_cos", "arc_ratio", "arc_deviation", "d_fm", "geodesic_excess",
 ]  # fmt: skip
 
+# The registry's operators that mix fine-tuned models' states (steering has none to sweep).
+SweepOperator = Literal[operator_names("one", "many")]  # type: ignore[valid-type]
 
-def text_chunks(ids: list[int], seq_len: int, max_chunks: int | None) -> torch.Tensor:
-    """(n_chunks, seq_len) non-overlapping chunks of a token id list (the remainder is dropped)."""
-    n = len(ids) // seq_len
-    if n == 0:
-        raise LsMergeError(f"the text has {len(ids)} tokens, fewer than seq_len={seq_len}; use a longer text or a smaller seq_len")
+
+def window_segments(ids: torch.Tensor, seq_len: int, max_chunks: int | None, batch_size: int) -> list[torch.Tensor]:
+    """Cut (n,) token ids into segments of `batch_size` windows of `sliding_windows(ids, seq_len, seq_len)`.
+
+    Window k is ids[k (seq_len - 1) : k (seq_len - 1) + seq_len]; a segment holds windows
+    k0 .. k1 as ids[k0 (seq_len - 1) : k1 (seq_len - 1) + seq_len] (consecutive segments share one
+    token), so scoring a segment with max_length = stride = seq_len scores exactly its windows.
+    At most `max_chunks` windows in all (null: every window).
+    """
+    if seq_len < 2:
+        raise LsMergeError(f"seq_len={seq_len} is too short; a window needs at least 2 tokens")
+    n = ids.numel()
+    if n < seq_len:
+        raise LsMergeError(f"the text has {n} tokens, fewer than seq_len={seq_len}; use a longer text or a smaller seq_len")
+    step = seq_len - 1
+    windows = math.ceil((n - 1) / step)
     if max_chunks:
-        n = min(n, max_chunks)
-    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+        windows = min(windows, max_chunks)
+    return [ids[k * step : min((k + batch_size) * step + 1, (windows * step) + 1, n)] for k in range(0, windows, batch_size)]
 
 
-def chunk_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[float, int]:
-    """Sum of -log p(x_t | x_<t) over t >= 1 of (batch, seq) ids, and the number of terms."""
-    pred = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    target = input_ids[:, 1:].reshape(-1)
-    return float(F.cross_entropy(pred, target, reduction="sum")), int(target.numel())
+class _Recorded:
+    """Callable LM for `perplexity_of_ids` that records the residual streams at `layers` (and the
+    attention mask) of its latest forward; with `mixer`, `sources` are the fine-tuned models'
+    recorded streams replayed into it first."""
 
+    def __init__(self, model: nn.Module, layers: list[int], mixer: HiddenStateMixer | None = None, sources=()):
+        self.model, self.layers, self.mixer, self.sources = model, layers, mixer, list(sources)
+        self.states: dict[int, torch.Tensor] = {}
+        self.mask: torch.Tensor | None = None
 
-@torch.no_grad()
-def forward_with_residuals(model, input_ids: torch.Tensor, layers: list[int]):
-    """Full forward; returns (logits, {layer: residual stream}) for the requested layers."""
-    captured: dict[int, torch.Tensor] = {}
-
-    def recorder(layer):
-        def edit(h):
-            captured[layer] = h.detach()
-            return h
-
-        return edit
-
-    with ResidualHooks(model, {layer: recorder(layer) for layer in layers}):
-        logits = model(input_ids=input_ids, use_cache=False).logits
-    return logits, captured
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        if self.mixer is not None:
+            self.mixer.set_sources([s.states[self.mixer.spec.mix_layer] for s in self.sources])
+        with ResidualRecorder(self.model, self.layers) as rec:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        self.states, self.mask = rec.states, attention_mask
+        return out
 
 
 class _Scores:
     def __init__(self):
         self.nll, self.tokens = 0.0, 0
         self.cka_base, self.cka_ft, self.mid = LinearCKA(), LinearCKA(), Midness(target=0.5)
+
+    def add(self, scored: tuple[float, float, int, int]) -> None:
+        _, mean_nll, count, _ = scored
+        self.nll += mean_nll * count
+        self.tokens += count
 
     def row(self, operator, mix_layer, beta) -> dict:
         nll = self.nll / max(self.tokens, 1)
@@ -88,10 +117,10 @@ class _Scores:
 
 @torch.no_grad()
 def run_sweep(
-    base, sources: list, chunks: torch.Tensor, *, layers: list[int], ratios: list[float], operators: list[str],
-    batch_size: int = 4,
+    base, sources: list, token_ids: torch.Tensor, *, seq_len: int, layers: list[int], ratios: list[float],
+    operators: list[str], max_chunks: int | None = None, batch_size: int = 4,
 ) -> list[dict]:  # fmt: skip
-    """The sweep on in-memory models; returns one dict per row (see COLUMNS)."""
+    """The sweep on in-memory models and (n,) token ids; returns one dict per row (see COLUMNS)."""
     n = num_layers(base)
     for layer in layers:
         check_mix_layer(layer, n, what="the base model")
@@ -103,38 +132,31 @@ def run_sweep(
     device = next(base.parameters()).device
     ref = {"base": _Scores(), "fine_tuned": _Scores()}
     scores = {(s.operator, s.mix_layer, s.beta): _Scores() for s in specs}
-    for start in range(0, chunks.shape[0], batch_size):
-        ids = chunks[start : start + batch_size].to(device)
-        logits_b, res_b = forward_with_residuals(base, ids, [n])
-        h_base_out = res_b[n]
-        nll, count = chunk_nll(logits_b, ids)
-        ref["base"].nll += nll
-        ref["base"].tokens += count
-        res_f = []
-        for i, m in enumerate(sources):
-            logits_f, res = forward_with_residuals(m, ids, sorted(set(layers) | {num_layers(m)}))
-            res_f.append(res)
-            if i == 0:
-                nll, count = chunk_nll(logits_f, ids)
-                ref["fine_tuned"].nll += nll
-                ref["fine_tuned"].tokens += count
-        h_ft_out = res_f[0][num_layers(sources[0])]
+    for segment in window_segments(token_ids, seq_len, max_chunks, batch_size):
+
+        def score(model, into: _Scores | None = None):
+            result = perplexity_of_ids(model, segment, max_length=seq_len, stride=seq_len, batch_size=batch_size, device=device)
+            if into is not None:
+                into.add(result)
+
+        rec_base = _Recorded(base, [n])
+        score(rec_base, ref["base"])
+        rec_fts = [_Recorded(m, sorted(set(layers) | {num_layers(m)})) for m in sources]
+        for i, rec in enumerate(rec_fts):
+            score(rec, ref["fine_tuned"] if i == 0 else None)
+        h_base_out, h_ft_out = rec_base.states[n], rec_fts[0].states[num_layers(sources[0])]
         for spec in specs:
             with HiddenStateMixer(base, spec) as mixer:
-                mixer.set_sources([r[spec.mix_layer] for r in res_f])
-                logits_m, res_m = forward_with_residuals(base, ids, [n])
-            s = scores[(spec.operator, spec.mix_layer, spec.beta)]
-            nll, count = chunk_nll(logits_m, ids)
-            s.nll += nll
-            s.tokens += count
-            s.cka_base.update(res_m[n], h_base_out)
-            s.cka_ft.update(res_m[n], h_ft_out)
-            s.mid.update(h_base_out, h_ft_out, res_m[n])
+                rec_mix = _Recorded(base, [n], mixer, rec_fts)
+                s = scores[(spec.operator, spec.mix_layer, spec.beta)]
+                score(rec_mix, s)
+            mask = rec_mix.mask
+            s.cka_base.update(rec_mix.states[n], h_base_out, mask=mask)
+            s.cka_ft.update(rec_mix.states[n], h_ft_out, mask=mask)
+            s.mid.update(h_base_out, h_ft_out, rec_mix.states[n], mask=mask)
     rows = [ref["base"].row("base", None, 0.0), ref["fine_tuned"].row("fine_tuned", None, 1.0)]
     rows += [scores[key].row(*key) for key in scores]
     return rows
-
-
 def write_csv(rows: list[dict], path: str) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -189,7 +211,7 @@ def sweep(
     output_dir: str,
     layers: list[int] | None = None,
     ratios: list[float] = [0.25, 0.5, 0.75],  # noqa: B006 (jsonargparse default)
-    operators: list[str] = ["lerp", "slerp"],  # noqa: B006
+    operators: list[SweepOperator] = ["lerp", "slerp"],  # noqa: B006
     seq_len: int = 256,
     max_chunks: int | None = 8,
     batch_size: int = 4,
@@ -206,23 +228,24 @@ def sweep(
         output_dir: folder for sweep.csv and sweep_heatmap.png.
         layers: mix layers (residual-stream indices 0..N); default: every 4th layer from 0 to N.
         ratios: beta values in [0, 1].
-        operators: any of lerp, slerp, mean.
-        seq_len: tokens per chunk.
-        max_chunks: most chunks of the text scored (null: all).
-        batch_size: chunks per forward pass.
+        operators: any of the registry's mixing operators (lerp, slerp, mean).
+        seq_len: tokens per window (consecutive windows share one token).
+        max_chunks: most windows of the text scored (null: all).
+        batch_size: windows per forward pass.
         dtype: float32 | bfloat16 | float16.
         device: torch device.
         overwrite: replace existing outputs.
     """
     from lsmerge.io.hf import load_causal_lm, load_tokenizer
 
-    bad = [op for op in operators if op not in OPERATORS or op == "steer"]
+    choices = operator_names("one", "many")
+    bad = [op for op in operators if op not in choices]
     if bad:
-        raise LsMergeError(f"sweep operators {bad} are not supported; choose from lerp, slerp, mean")
+        raise LsMergeError(f"sweep operators {bad} are not supported; choose from {', '.join(choices)}")
     for op in operators:
         MixSpec(op, 0, 0.0, "all").check_sources(len(fine_tuned))
     for beta in ratios:
-        MixSpec("lerp", 0, beta, "all")
+        check_beta(beta)
     if not os.path.isfile(text):
         raise LsMergeError(f"held-out text {text} not found; give a plain-text file")
     csv_path = os.path.join(output_dir, "sweep.csv")
@@ -236,9 +259,8 @@ def sweep(
     layer_list = list(range(0, n + 1, 4)) if layers is None else list(layers)
     with open(text, encoding="utf-8") as f:
         ids = tokenizer(f.read(), add_special_tokens=False)["input_ids"]
-    chunks = text_chunks(ids, seq_len, max_chunks)
-    rows = run_sweep(base_model, sources, chunks, layers=layer_list, ratios=list(ratios), operators=list(operators),
-                     batch_size=batch_size)  # fmt: skip
+    rows = run_sweep(base_model, sources, torch.tensor(ids, dtype=torch.long), seq_len=seq_len, layers=layer_list,
+                     ratios=list(ratios), operators=list(operators), max_chunks=max_chunks, batch_size=batch_size)  # fmt: skip
     os.makedirs(output_dir, exist_ok=True)
     write_csv(rows, csv_path)
     plot_heatmap(rows, png_path)

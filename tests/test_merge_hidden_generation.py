@@ -1,4 +1,4 @@
-"""Dual-model generation: exactness at beta 0, batching, truncated source forward, EOS, the CLI."""
+"""`lsmerge.merge.hidden.generation`: exactness at beta 0, batching, truncated source forward, EOS, the CLI."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lsmerge.errors import LsMergeError
-from lsmerge.generation import DualModelGenerator, left_pad, sample_next_token
 from lsmerge.merge.hidden import MixSpec, decoder_layers
+from lsmerge.merge.hidden.generation import DualModelGenerator, sample_next_token
+from lsmerge.merge.hidden.prompts import left_pad
 
 PROMPTS = [[1, 5, 7, 9, 11], [3, 4], [8, 8, 8, 9, 10, 11, 12, 13], [20, 21, 22]]
 

@@ -1,6 +1,6 @@
 """Steering deltas (task vectors in representation space) and the `lsmerge steer` command.
 
-For each residual-stream index l (0..N, as in `lsmerge.merge.hidden`):
+For each residual-stream index l (0..N, as in `lsmerge.merge.hidden.hooks`):
 
     delta_l = (1 / |T|) * sum_{(p, t) in T} ( h_ft,l(p)_t - h_base,l(p)_t )
 
@@ -23,34 +23,23 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lsmerge.errors import LsMergeError
-from lsmerge.generation import encode_prompts, left_pad, position_ids_from_mask
-from lsmerge.merge.hidden import ResidualHooks, check_mix_layer, num_layers
+from lsmerge.merge.hidden.hooks import ResidualRecorder, check_mix_layer, num_layers
+from lsmerge.merge.hidden.prompts import encode_prompts, left_pad, position_ids_from_mask, read_prompts
 
 AGGREGATION = "token-weighted mean over all non-padding prompt tokens of h_ft - h_base"
 
 
 @torch.no_grad()
-def residual_streams(
-    model: nn.Module, layers: Sequence[int], input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> dict[int, torch.Tensor]:
-    """One forward pass; {layer: (batch, seq, hidden) float32 residual stream at that layer}."""
-    captured: dict[int, torch.Tensor] = {}
-
-    def recorder(layer: int):
-        def edit(h: torch.Tensor) -> torch.Tensor:
-            captured[layer] = h.detach().float()
-            return h
-
-        return edit
-
-    with ResidualHooks(model, {layer: recorder(layer) for layer in layers}):
+def _residual_streams(model: nn.Module, layers: Sequence[int], input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """{layer: (batch, seq, hidden) float32 residual stream} of one forward of the model body (no LM head)."""
+    with ResidualRecorder(model, layers) as rec:
         getattr(model, "base_model", model)(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids_from_mask(attention_mask),
             use_cache=False,
         )
-    return captured
+    return {layer: h.float() for layer, h in rec.states.items()}
 
 
 @torch.no_grad()
@@ -79,8 +68,8 @@ def compute_deltas(
     for start in range(0, len(prompt_ids), batch_size):
         ids, mask = left_pad(prompt_ids[start : start + batch_size], pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
-        hb = residual_streams(base.eval(), layers, ids, mask)
-        hf = residual_streams(fine_tuned.eval(), layers, ids, mask)
+        hb = _residual_streams(base.eval(), layers, ids, mask)
+        hf = _residual_streams(fine_tuned.eval(), layers, ids, mask)
         real = mask.bool()
         for layer in layers:
             sums[layer] += (hf[layer] - hb[layer])[real].double().sum(dim=0).cpu()
@@ -134,7 +123,6 @@ def steer(
         device: torch device.
         overwrite: replace an existing output file.
     """
-    from lsmerge.generate import read_prompts
     from lsmerge.io.hf import load_causal_lm, load_tokenizer
 
     if os.path.exists(output) and not overwrite:

@@ -8,14 +8,14 @@ Each decoding step:
    its residual stream at `mix_layer` by the operator's combination (lerp / slerp / mean), or a
    `Steerer` that adds alpha * delta (steer: no source model is run at all);
 3. the next token is chosen from the base's last-position logits (float32): greedy when
-   temperature == 0, else softmax(logits / temperature) restricted to the top-p nucleus and
-   sampled with a seeded `torch.Generator`.
+   temperature == 0, else softmax(logits / temperature) restricted to the top-p nucleus
+   (transformers' logits warpers) and sampled with a seeded `torch.Generator`.
 
 So a step costs about 1 + N_src * mix_layer / num_layers base forwards (the sources never run their
 upper layers, final norm or LM head) instead of 1 + N_src.
 
-Batches are left-padded; the attention mask marks real tokens and position ids count real tokens
-only (position = cumsum(mask) - 1), so each prompt's greedy continuation does not depend on the
+Batches are left-padded (`prompts.left_pad`); the attention mask marks real tokens and position ids
+count real tokens only (position = cumsum(mask) - 1), so each prompt's greedy continuation does not depend on the
 batch it is in (up to float rounding). A row stops at its first EOS token (the EOS is kept in
 `token_ids`, dropped from `text`); the batch stops when every row has, or after
 `max_new_tokens`. With sampling, the random stream is shared by the batch: results depend on
@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 
 from lsmerge.errors import LsMergeError
-from lsmerge.merge.hidden import HiddenStateMixer, MixSpec, Steerer, check_mix_layer, num_layers, residual_stream
-
-Prompt = str | list[dict]  # plain text, or chat messages [{"role": ..., "content": ...}]
+from lsmerge.merge.hidden.hooks import check_mix_layer, num_layers, residual_stream
+from lsmerge.merge.hidden.mixer import HiddenStateMixer, MixSpec, Steerer
+from lsmerge.merge.hidden.prompts import Prompt, encode_prompts, left_pad, position_ids_from_mask
 
 
 @dataclass
@@ -51,25 +51,7 @@ class Generation:
     extra: dict = field(default_factory=dict)
 
 
-# -- pure helpers ------------------------------------------------------------------------------
-
-
-def left_pad(prompt_ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists into (batch, max_len) `input_ids` and a 0/1 `attention_mask`."""
-    if any(len(p) == 0 for p in prompt_ids):
-        raise LsMergeError("an empty prompt was given: every prompt needs at least one token")
-    width = max(len(p) for p in prompt_ids)
-    ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for row, p in enumerate(prompt_ids):
-        ids[row, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[row, width - len(p) :] = 1
-    return ids, mask
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(batch, seq) positions counting real tokens only: cumsum(mask) - 1, pads get 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+# -- sampling ----------------------------------------------------------------------------------
 
 
 def sample_next_token(
@@ -79,39 +61,19 @@ def sample_next_token(
 
     temperature == 0: argmax. Otherwise p = softmax(logits / temperature); top_p < 1 keeps the
     smallest set of most likely tokens whose probability reaches top_p (the most likely token
-    always stays), renormalises, and samples with `generator`.
+    always stays), renormalises, and samples with `generator`. The logits are warped by
+    transformers' `TemperatureLogitsWarper` and `TopPLogitsWarper` (as `model.generate` does).
     """
     if temperature < 0 or not 0.0 < top_p <= 1.0:
         raise LsMergeError(f"temperature={temperature} must be >= 0 and top_p={top_p} in (0, 1]")
     logits = logits.float()
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    scores = TemperatureLogitsWarper(temperature)(None, logits)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    probs = torch.softmax(scores, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def encode_prompts(tokenizer, prompts: Sequence[Prompt], *, chat_template: bool = True) -> list[list[int]]:
-    """Token ids of each prompt; with `chat_template`, strings become one user message and the
-    tokenizer's template (with the generation prompt) is applied; chat messages require it."""
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    out = []
-    for p in prompts:
-        if isinstance(p, str) and not chat_template:
-            out.append(list(tokenizer(p, add_special_tokens=True)["input_ids"]))
-            continue
-        if not has_template:
-            raise LsMergeError(
-                "the tokenizer has no chat template: set chat_template: false and give plain-text prompts"
-            )
-        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    return out
 
 
 def default_eos_ids(model: nn.Module, tokenizer=None) -> list[int]:
@@ -181,7 +143,7 @@ class DualModelGenerator:
                         f"tokens, the base {base.get_input_embeddings().weight.shape[0]}: they must share a tokenizer"
                     )
         self.deltas = None
-        if spec is not None and spec.operator == "steer":
+        if spec is not None and spec.op.sources == "none":
             if not deltas:
                 raise LsMergeError("operator 'steer' needs steering deltas; compute them with `lsmerge steer`")
             layers = list(steer_layers) if steer_layers else [spec.mix_layer]
@@ -199,8 +161,8 @@ class DualModelGenerator:
         spec = self.spec
         if spec is None:
             return nullcontext(None)
-        if spec.operator == "steer":
-            return Steerer(self.base, self.deltas, spec.alpha, spec.tokens)
+        if spec.op.sources == "none":
+            return Steerer(self.base, self.deltas, spec.alpha, spec.tokens, spec.operator)
         return HiddenStateMixer(self.base, spec)
 
     @torch.no_grad()

@@ -289,13 +289,8 @@ def _checkpoint_key(path: str, row: Row) -> str:
 def score_model(built: dict, settings: dict) -> dict:
     """Perplexity of a checkpoint (`built["path"]`) or of a hidden-state mix (`built["hidden"]`)
     on every corpus, with one tokenisation and one set of windows for both kinds of row."""
-<<<<<<< HEAD
-    from lsmerge.callbacks.baselines import _MixedForward
     from lsmerge.data.corpora import corpus_path
     from lsmerge.evaluate.perplexity import encode_text, perplexity_of_ids
-=======
-    from lsmerge.evaluate.perplexity import _tokenize, perplexity_of_ids, resolve_corpus
->>>>>>> hidden
     from lsmerge.io.hf import load_causal_lm, load_tokenizer
     from lsmerge.merge.hidden import HiddenStateMixer, MixedForward, MixSpec
 

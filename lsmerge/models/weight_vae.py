@@ -15,7 +15,7 @@ the KL is scaled per weight value so `beta` weighs the same units as the reconst
 `cond` adds learned layer, kind and window-slot embeddings and a sinusoidal embedding of the
 chunk's index in its tensor (`TokenConditioning`). Compression ratio = chunk_size / latent_dim.
 
-The beta schedule is a `BetaCurriculum` (lsmerge.callbacks.curriculum) held here and saved
+The beta schedule is a `BetaCurriculum` (lsmerge.models.curriculum) held here and saved
 in every checkpoint. Validation metrics (torchmetrics): MSE and R^2 in normalised space,
 recall of the 0.1% largest-magnitude weights, and per tensor in the original scale the
 relative Frobenius error ||W^ - W||_F / ||W||_F and the kurtosis of W^ against W.

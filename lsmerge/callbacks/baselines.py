@@ -22,33 +22,35 @@ due validation and logged again with it each time.
 Logged with the TensorBoard experiment (``self.log`` is not allowed in `on_validation_end`):
 scalars ``baselines/ppl/<row>`` at the global step and a text table ``baselines/table``.
 
-Models: base, expert and one working copy of the base (which merged state dicts are copied
-into, tensor by tensor from the checkpoint stores) are loaded once in `setup`, in eval mode.
-Lightning hands `on_validation_end` a module in eval mode and restores training mode itself
+The pair, its text and the merges are a `lsmerge.evaluate.pair_bench.PairBench`, loaded once in
+`setup`; this module holds the configuration checks and the Lightning lifecycle. Lightning hands `on_validation_end` a module in eval mode and restores training mode itself
 afterwards; the callback puts every submodule of the VAE back in the mode it found it in.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import torch
 
-from lsmerge.callbacks.figures import _tensorboard
+from lsmerge.callbacks.figures import tensorboard_writer
 from lsmerge.errors import LsMergeError
+from lsmerge.evaluate.pair_bench import BYTES, PairBench, format_table
+from lsmerge.evaluate.perplexity import check_window
 from lsmerge.io.compat import check_same_architecture, model_family
 from lsmerge.io.hf import TOKENIZER_FILES, resolve_model
 from lsmerge.io.store import CheckpointStore, open_checkpoint
+from lsmerge.merge.hidden import MixSpec, check_mix_layer
 from lsmerge.merge.hidden.base import operator_names
+from lsmerge.merge.latent import check_lambda
+from lsmerge.merge.weight import get_method
+from lsmerge.merge.weight.base import in_unit_interval
+from lsmerge.torch_options import resolve_device, resolve_dtype
 
 WEIGHT_METHODS = ("lerp", "slerp", "ties")
 HIDDEN_OPERATORS = operator_names("one")  # the registry's operators on exactly one expert: lerp, slerp
-BYTES = "bytes"
 
 
 @dataclass
@@ -88,18 +90,6 @@ def decoder_layer_count(store: CheckpointStore) -> int:
 
         n = ArchitectureMap.from_config(cfg).num_layers(store.names)
     return int(n)
-
-
-def byte_ids(text: str, max_tokens: int, vocab_size: int) -> torch.Tensor:
-    """(n,) token ids = the text's UTF-8 bytes, at most max_tokens + 1 (for tiny models without a
-    tokenizer); every byte must be below the model's vocab_size."""
-    ids = torch.tensor(list(text.encode("utf-8")[: max_tokens + 1]), dtype=torch.long)
-    if ids.numel() and int(ids.max()) >= vocab_size:
-        raise LsMergeError(
-            f"tokenizer: bytes gives token id {int(ids.max())}, but the model's vocabulary has {vocab_size} entries. "
-            "Use an ASCII text (bytes < 128) or give the model's tokenizer folder."
-        )
-    return ids
 
 
 @contextmanager
@@ -159,11 +149,6 @@ class BaselineMerges(L.Callback):
         dtype: str = "float32",
         device: str | None = None,
     ):
-        from lsmerge.evaluate.perplexity import check_window
-        from lsmerge.merge.hidden import MixSpec, check_mix_layer
-        from lsmerge.merge.latent import check_lambda
-        from lsmerge.torch_options import resolve_device, resolve_dtype
-
         if isinstance(every_n_validations, bool) or not isinstance(every_n_validations, int) or every_n_validations < 1:
             raise LsMergeError(f"every_n_validations={every_n_validations!r} must be an integer >= 1 (1 = every validation run).")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
@@ -218,15 +203,12 @@ class BaselineMerges(L.Callback):
         self.validations = 0
         self.last: dict[str, float] = {}  # row -> perplexity of the latest evaluation
         self._fixed: dict[str, float] | None = None
-        self._models = None
-        self._ids: torch.Tensor | None = None
-        self._pad_id = 0
+        self.bench = PairBench(self.base_store, self.expert_store, self.text, tokenizer, max_tokens=max_tokens,
+                               max_length=max_length, stride=stride, batch_size=batch_size,
+                               dtype=str(self.dtype).removeprefix("torch."))
 
     def _weight_plan(self, w: WeightBaseline):
         """(baseline, registry method, resolved parameters), checked by the method itself."""
-        from lsmerge.merge.weight import get_method
-        from lsmerge.merge.weight.base import in_unit_interval
-
         if w.method not in WEIGHT_METHODS:
             raise LsMergeError(f"weight method {w.method!r} is not a baseline here; use one of {', '.join(WEIGHT_METHODS)}.")
         if w.method == "lerp":
@@ -247,34 +229,11 @@ class BaselineMerges(L.Callback):
         if self.latent_lambda is not None:
             with vae_codec(pl_module) as codec:
                 codec.check_model(model_family(self.base_store.config), {n: self.base_store.shape(n) for n in self.base_store.names})
-        if trainer.is_global_zero and self._models is None:
+        if trainer.is_global_zero and self.bench.models is None:
             self._load()
 
     def _load(self) -> None:
-        from lsmerge.io.hf import load_causal_lm, load_tokenizer
-
-        base = load_causal_lm(self.base_path, str(self.dtype).removeprefix("torch."))
-        expert = load_causal_lm(self.expert_path, str(self.dtype).removeprefix("torch."))
-        state = base.state_dict()
-        missing = [n for n in self.base_store.names if n not in state]
-        if missing:
-            raise LsMergeError(
-                f"tensor {missing[0]!r} of {self.base_path} is not a parameter of the loaded model; the checkpoint's "
-                "names must match transformers' own (re-save it with save_pretrained)."
-            )
-        text = self.text.read_text(encoding="utf-8", errors="replace")
-        if self.tokenizer == BYTES:
-            self._ids = byte_ids(text, self.max_tokens, base.config.vocab_size)
-        else:
-            from lsmerge.evaluate.perplexity import encode_text
-
-            tok = load_tokenizer(self.tokenizer or self.base_path)
-            tok.model_max_length = int(1e12)  # we window ourselves
-            self._ids = encode_text(tok, text, self.max_tokens)
-            self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        if self._ids.numel() < 2:
-            raise LsMergeError(f"{self.text} gives {self._ids.numel()} token(s); at least 2 are needed to score one. Use a longer text.")
-        self._models = {"base": base, "expert": expert, "merged": copy.deepcopy(base)}
+        self.bench.load()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -282,14 +241,14 @@ class BaselineMerges(L.Callback):
         self.validations += 1
         if self.validations % self.every_n_validations or not trainer.is_global_zero:
             return
-        tb = _tensorboard(trainer)
+        tb = tensorboard_writer(trainer)
         if tb is None:
             return
         rows = self.evaluate(pl_module)
         step = trainer.global_step
         for name, ppl in rows.items():
             tb.add_scalar(f"baselines/ppl/{name}", ppl, step)
-        tb.add_text("baselines/table", format_table(rows, int(self._ids.numel()) - 1), step)
+        tb.add_text("baselines/table", format_table(rows, int(self.bench.ids.numel()) - 1), step)
 
     @property
     def state_key(self) -> str:
@@ -304,75 +263,20 @@ class BaselineMerges(L.Callback):
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, pl_module: L.LightningModule) -> dict[str, float]:
         """Perplexity of every row (see module doc) in order: base, expert, weight, hidden, latent."""
-        if self._models is None:
+        if self.bench.models is None:
             self._load()
         device = self.device or pl_module.device
-        for m in self._models.values():
-            m.to(device)
+        self.bench.to(device)
         if self._fixed is None:  # these inputs do not change while the VAE trains
-            self._fixed = self._fixed_rows(device)
+            rows = self.bench.inputs(device)
+            for w, method, params in self.weight:
+                rows[w.name] = self.bench.weight_merge(method, params, device)
+            for h in self.hidden:
+                rows[h.name] = self.bench.hidden_mix(MixSpec(h.operator, h.mix_layer, h.beta, "all"), device)
+            self._fixed = rows
         rows = dict(self._fixed)
         if self.latent_lambda is not None:
-            rows[f"latent_lerp_l{self.latent_lambda:g}"] = self._latent_row(pl_module, device)
+            with vae_codec(pl_module) as codec:
+                rows[f"latent_lerp_l{self.latent_lambda:g}"] = self.bench.latent_lerp(codec, self.latent_lambda, device)
         self.last = rows
         return rows
-
-    def _perplexity(self, model, device) -> float:
-        from lsmerge.evaluate.perplexity import perplexity_of_ids
-
-        with torch.inference_mode():
-            ppl, *_ = perplexity_of_ids(model, self._ids, max_length=self.max_length, stride=self.stride,
-                                        batch_size=self.batch_size, pad_id=self._pad_id, device=device)  # fmt: skip
-        return ppl
-
-    def _fixed_rows(self, device) -> dict[str, float]:
-        from lsmerge.merge.hidden import HiddenStateMixer, MixedForward, MixSpec
-        from lsmerge.merge.weight.base import TensorContext
-
-        base, expert, merged = self._models["base"], self._models["expert"], self._models["merged"]
-        rows = {"base": self._perplexity(base, device), "expert": self._perplexity(expert, device)}
-        for w, method, params in self.weight:
-            task = method.base == "required"  # ties: the expert's task vector against the base
-            self._load_merge(merged, lambda n, b, e: method.merge([e] if task else [b, e], b if task else None, params, TensorContext(n)))
-            rows[w.name] = self._perplexity(merged, device)
-        for h in self.hidden:
-            with HiddenStateMixer(base, MixSpec(h.operator, h.mix_layer, h.beta, "all")) as mixer:
-                rows[h.name] = self._perplexity(MixedForward(base, [expert], mixer), device)
-        return rows
-
-    def _latent_row(self, pl_module: L.LightningModule, device) -> float:
-        from lsmerge.merge import latent
-        from lsmerge.merge.weight import linear_merge
-
-        lam = self.latent_lambda
-        with vae_codec(pl_module) as codec:
-
-            def merge(name, b, e):
-                if not codec.covers(name):
-                    return linear_merge([b, e], [1.0 - lam, lam])
-                return codec.decode(name, latent.apply("lerp", [codec.encode(name, b), codec.encode(name, e)], lam=lam))
-
-            self._load_merge(self._models["merged"], merge)
-        return self._perplexity(self._models["merged"], device)
-
-    def _load_merge(self, model, merge) -> None:
-        """Copy merge(name, W_base, W_expert) of every floating tensor (the base's otherwise) into
-        `model`, one tensor at a time from the stores."""
-        state = model.state_dict()
-        with torch.no_grad():
-            for name in self.base_store.names:
-                b = self.base_store.get(name)
-                out = merge(name, b, self.expert_store.get(name)) if b.is_floating_point() else b
-                state[name].copy_(out.to(device=state[name].device, dtype=state[name].dtype))
-
-
-def format_table(rows: dict[str, float], tokens: int) -> str:
-    """Markdown table: row, perplexity, ratio to the base's."""
-    base = rows.get("base", float("nan"))
-    lines = [f"perplexity on {tokens} held-out tokens", "", "| model | perplexity | / base |", "| --- | ---: | ---: |"]
-    for name, ppl in rows.items():
-        ratio = ppl / base if base and math.isfinite(base) else float("nan")
-        lines.append(f"| {name} | {ppl:.4f} | {ratio:.3f} |")
-    return "\n".join(lines)
-
-

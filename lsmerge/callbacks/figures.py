@@ -18,7 +18,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 
-def _tensorboard(trainer: L.Trainer):
+def tensorboard_writer(trainer: L.Trainer):
+    """The SummaryWriter of the trainer's TensorBoard logger, or None when it has none."""
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
@@ -31,7 +32,7 @@ class WeightFigures(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        tb = _tensorboard(trainer)
+        tb = tensorboard_writer(trainer)
         if tb is None:
             return
         step = trainer.global_step

@@ -118,7 +118,7 @@ def test_tokenizer_folder(pair, tmp_path):
     cb.setup(_trainer(tmp_path), None, "fit")  # no VAE needed without a latent row
     rows = cb.evaluate(None)
     assert list(rows) == ["base", "expert"] and all(1 < v < float("inf") for v in rows.values())
-    assert cb._pad_id == 1 and cb._ids.numel() > len(TEXT.split())  # words and punctuation, not bytes
+    assert cb.bench.pad_id == 1 and cb.bench.ids.numel() > len(TEXT.split())  # words and punctuation, not bytes
 
 
 def test_bad_options_raise_before_training(pair, tmp_path):

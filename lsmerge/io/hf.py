@@ -43,6 +43,16 @@ def resolve_model(ref: str | os.PathLike, extra_root: Path | None = None) -> Pat
     )
 
 
+def resolve_models(refs: list[str] | None, hint: str = "") -> list[Path]:
+    """The folders of a command's `models` list: at least one, none twice (`hint` ends the message)."""
+    if not refs:
+        raise LsMergeError("no models given: set models: [A, B, ...].")
+    paths = [resolve_model(r) for r in refs]
+    if len(set(paths)) != len(paths):
+        raise LsMergeError(f"a model is listed twice in models ({[str(p) for p in paths]}); list each once{hint}.")
+    return paths
+
+
 def auto_name(models: list[Path], method: str, label: str, layers: list[int] | None, kinds: list[str] | None) -> str:
     """Output folder name from inputs and parameters, e.g. `A_B_linear0.70_layers1-2-20_qkv`."""
     name = "_".join(p.name for p in models) + f"_{method}{label}"

@@ -26,7 +26,7 @@ from lsmerge.data.chunking import Layout
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import expand_kinds
 from lsmerge.io.compat import check_same_architecture, check_tokenizers
-from lsmerge.io.hf import auto_name, resolve_model
+from lsmerge.io.hf import auto_name, resolve_model, resolve_models
 from lsmerge.io.store import open_checkpoint
 from lsmerge.io.writer import CheckpointWriter, check_output_dir
 from lsmerge.memory import return_freed_tensors_to_the_os
@@ -180,12 +180,8 @@ def merge(
         raise LsMergeError(f"pca_basis must be one of {BASIS_PER}, got {pca_basis!r}.")
     if dim_match not in DIM_MATCH:
         raise LsMergeError(f"dim_match must be one of {DIM_MATCH}, got {dim_match!r}.")
-    if not models:
-        raise LsMergeError("no models given: set models: [A, B, ...].")
-    model_paths = [resolve_model(x) for x in models]
+    model_paths = resolve_models(models)
     base_path = resolve_model(base) if base else None
-    if len(set(model_paths)) != len(model_paths):
-        raise LsMergeError(f"a model is listed twice in models ({[str(p) for p in model_paths]}); list each once.")
     n = len(model_paths)
     want = m.model_count_problem(n)
     if want:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from lsmerge.errors import LsMergeError
 from lsmerge.torch_options import resolve_device, resolve_dtype
 from lsmerge.io.archmap import ArchitectureMap, expand_kinds
-from lsmerge.io.hf import auto_name, resolve_model
+from lsmerge.io.hf import auto_name, resolve_model, resolve_models
 from lsmerge.io.store import CheckpointStore, open_checkpoint
 from lsmerge.io.writer import check_output_dir
 from lsmerge.merge.weight.base import get_method
@@ -97,12 +97,8 @@ def merge_weights(
         return _merge_mergekit(mergekit_config, out, out_root, dev, dtype, max_shard_size, overwrite, progress, layer_pattern, seed)
 
     meth = get_method(method)
-    if not models:
-        raise LsMergeError("no models given: set models: [A, B, ...].")
-    model_paths = [resolve_model(m) for m in models]
+    model_paths = resolve_models(models, " (use weights instead)")
     base_path = resolve_model(base_model) if base_model else None
-    if len(set(model_paths)) != len(model_paths):
-        raise LsMergeError(f"a model is listed twice in models ({[str(p) for p in model_paths]}); list each once (use weights instead).")
     if meth.base == "required":
         if base_path is None:
             raise LsMergeError(f"{method} takes task vectors against a base: set base_model.")

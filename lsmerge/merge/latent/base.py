@@ -14,7 +14,7 @@ vectors; ``p`` a `MergeParams` resolved for one tensor.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Literal, Sequence, Union
 
 import numpy as np
@@ -75,10 +75,6 @@ class LatentMethod:
     implied_weights: Callable[[MergeParams, int], list[float]] | None = None
     label: Callable[[MergeParams], str] | None = None
     architectures: Literal["one", "two"] = "one"
-
-    @property
-    def doc(self) -> str:
-        return (self.formula.__doc__ or "").strip().splitlines()[0] if self.formula.__doc__ else ""
 
     def model_count_problem(self, n: int) -> str | None:
         """Why `n` input models do not fit this method, or None."""
@@ -228,7 +224,7 @@ def apply(method: str | LatentMethod, items: Items, base: TensorLatent | torch.T
     `MergeParams` (or override fields of `p`).
     """
     m = get_method(method) if isinstance(method, str) else method
-    p = MergeParams(**params) if p is None else (MergeParams(**{**p.__dict__, **params}) if params else p)
+    p = MergeParams(**params) if p is None else replace(p, **params)
     if not items:
         raise LsMergeError("no latent codes to merge.")
     if not isinstance(items[0], TensorLatent):

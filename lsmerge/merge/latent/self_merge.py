@@ -11,7 +11,7 @@ import hashlib
 
 import torch
 
-from lsmerge.codecs.base import Codec, TensorLatent
+from lsmerge.codecs.base import SamplingCodec, TensorLatent
 from lsmerge.merge.latent.base import MergeParams, check_convex_weights, linear_tensors, register, same_shapes
 
 
@@ -27,10 +27,8 @@ def posterior_prior_mix(posterior: TensorLatent, prior_z: torch.Tensor, lam: flo
     return posterior.with_z((1 - lam) * posterior.z + lam * prior_z.to(posterior.z.dtype))
 
 
-def draw_samples(codec: Codec, name: str, weight: torch.Tensor, p: MergeParams) -> list[TensorLatent]:
+def draw_samples(codec: SamplingCodec, name: str, weight: torch.Tensor, p: MergeParams) -> list[TensorLatent]:
     """K posterior samples of `weight`'s code (seeded by tensor), mixed with prior draws when lam > 0."""
-    if not hasattr(codec, "sample"):
-        raise TypeError("the codec cannot draw posterior samples")
     torch.manual_seed(tensor_seed(p.seed, name))
     draws: list[TensorLatent] = codec.sample(name, weight, p.samples, p.temperature)
     if p.lam > 0:

@@ -1,5 +1,5 @@
-"""Shared data for the perplexity tests: Shakespeare words, an unsaved tiny Llama, a word-level
-tokenizer trained on the words."""
+"""Shared data for the perplexity tests: Shakespeare words and a word-level tokenizer trained on
+them (tiny models come from conftest)."""
 
 from __future__ import annotations
 
@@ -16,24 +16,6 @@ def sample_text(n_words: int, seed: int = 0) -> str:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(len(WORDS), (n_words,), generator=g)
     return " ".join(WORDS[i] for i in idx.tolist()) + "\n"
-
-
-def tiny_llama(seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        pad_token_id=1,
-        bos_token_id=2,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 def word_tokenizer():

@@ -44,8 +44,7 @@ def setup(tmp_path_factory):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(WORDS + CODE, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "<s>"]))
     base = root / "base"
-    make_tiny_llama(base)
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>").save_pretrained(base)
+    make_tiny_llama(base, tokenizer=PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>"))
     return root, base, texts
 
 

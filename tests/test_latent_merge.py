@@ -16,7 +16,7 @@ from lsmerge.io import open_checkpoint
 from lsmerge.merge import latent as L
 from lsmerge.merge.latent.command import merge
 
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, make_tiny_model
 
 UP = "model.layers.1.mlp.up_proj.weight"
 EMBED = "model.embed_tokens.weight"
@@ -110,19 +110,22 @@ def test_delta_coding_reconstructs_only_the_change():
 
 
 # -- the command -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def llamas(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llamas")
-    for name, seed in (("a", 0), ("b", 1), ("c", 2), ("base", 3)):
-        make_tiny_llama(root / name, seed=seed)
-    return root
+@pytest.fixture
+def llamas(tiny_world):
+    """Tiny Llamas `a`, `b`, `c`, `base` (seeds 0, 1, 2, 3; 2 layers, width 32)."""
+    return {"a": tiny_world.base, "b": tiny_world.e1, "c": tiny_world.e2, "base": tiny_world.e3}
+
+
+def _path(root, name):
+    """`name` in a dict of paths, or in a folder."""
+    return root[name] if isinstance(root, dict) else root / name
 
 
 def _run(root, out, **kw):
     kw = {"chunk_size": 32, "progress": False, **kw}
-    kw["models"] = [str(root / m) for m in kw["models"]]
+    kw["models"] = [str(_path(root, m)) for m in kw["models"]]
     if kw.get("base"):
-        kw["base"] = str(root / kw["base"])
+        kw["base"] = str(_path(root, kw["base"]))
     return Path(merge(out=str(out), **kw))
 
 
@@ -134,7 +137,7 @@ def _decoded(codec_dir, store, name):
 @pytest.mark.parametrize("lam,which", [(0.0, "a"), (1.0, "b")])
 def test_lerp_endpoints_give_the_decoded_model(llamas, tmp_path, lam, which):
     out = _run(llamas, tmp_path / "out", method="lerp", models=["a", "b"], lam=lam, rank=8, save_codec=str(tmp_path / "codec"))
-    merged, src = open_checkpoint(out), open_checkpoint(llamas / which)
+    merged, src = open_checkpoint(out), open_checkpoint(llamas[which])
     for name in src.names:
         if PCACodec.load(tmp_path / "codec").covers(name):
             assert torch.equal(merged.get(name), _decoded(tmp_path / "codec", src, name)), name
@@ -149,7 +152,7 @@ def test_lerp_endpoints_give_the_decoded_model(llamas, tmp_path, lam, which):
 def test_soup_with_one_hot_weights_equals_that_models_decode(llamas, tmp_path):
     out = _run(llamas, tmp_path / "out", method="soup", models=["a", "b", "c"], weights=[0.0, 1.0, 0.0], rank=8,
                kinds=["mlp"], save_codec=str(tmp_path / "codec"))
-    merged, b = open_checkpoint(out), open_checkpoint(llamas / "b")
+    merged, b = open_checkpoint(out), open_checkpoint(llamas["b"])
     assert torch.equal(merged.get(UP), _decoded(tmp_path / "codec", b, UP))
     assert torch.equal(merged.get("model.layers.0.self_attn.q_proj.weight"), b.get("model.layers.0.self_attn.q_proj.weight"))
 
@@ -177,30 +180,21 @@ def test_every_method_writes_a_loadable_model(llamas, tmp_path, kw):
 def test_delta_coding_with_a_lossless_codec_gives_back_the_expert(llamas, tmp_path):
     # base + D(E(W_a - W_base)) is W_a at full rank
     out = _run(llamas, tmp_path / "out", method="soup", models=["a"], base="base", delta="weight", weights=[1.0])
-    a = open_checkpoint(llamas / "a")
+    a = open_checkpoint(llamas["a"])
     torch.testing.assert_close(open_checkpoint(out).get(UP), a.get(UP), rtol=0, atol=1e-6)
 
 
 def test_self_merge_at_full_rank_and_zero_temperature_is_the_model(llamas, tmp_path):
     out = _run(llamas, tmp_path / "out", method="self", models=["a"], samples=2, temperature=0.0)
-    a = open_checkpoint(llamas / "a")
+    a = open_checkpoint(llamas["a"])
     torch.testing.assert_close(open_checkpoint(out).get(UP), a.get(UP), rtol=0, atol=1e-6)
-
-
-def _tiny_gemma3(path, seed=5):
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, head_dim=12, vocab_size=128, max_position_embeddings=256, sliding_window=16)
-    Gemma3ForCausalLM(cfg).save_pretrained(path)
 
 
 def test_heterogeneous_llama4_into_gemma3_loads_with_finite_logits(tmp_path):
     from transformers import AutoModelForCausalLM
 
     make_tiny_llama(tmp_path / "llama4", seed=7, layers=4, hidden=32)
-    _tiny_gemma3(tmp_path / "gemma")
+    make_tiny_model(tmp_path / "gemma", seed=5, hidden=48, family="gemma3")
     kw = dict(method="hetero", models=["gemma", "llama4"], codec="pca", rank=16, save_codec=str(tmp_path / "codecs"))
     out = _run(tmp_path, tmp_path / "out", lam=0.1, **kw)
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -265,12 +259,12 @@ def test_different_tokenizers_or_architectures_are_refused(llamas, tmp_path):
     import shutil
 
     for name, vocab in (("t1", '{"a": 0}'), ("t2", '{"b": 0}')):
-        shutil.copytree(llamas / "a", tmp_path / name)
+        shutil.copytree(llamas["a"], tmp_path / name)
         (tmp_path / name / "tokenizer.json").write_text(vocab)
     with pytest.raises(LsMergeError, match="tokenizer.json differs"):
         _run(tmp_path, tmp_path / "out", method="lerp", models=["t1", "t2"])
-    make_tiny_llama(tmp_path / "deep", seed=1, layers=3)
-    shutil.copytree(llamas / "a", tmp_path / "a")
+    make_tiny_llama(tmp_path / "deep", seed=1, layers=3, tokenizer=True)  # the same tokenizer as `a`
+    shutil.copytree(llamas["a"], tmp_path / "a")
     with pytest.raises(LsMergeError, match="method: hetero"):
         _run(tmp_path, tmp_path / "out", method="lerp", models=["a", "deep"])
     assert not (tmp_path / "out").exists()

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import make_tiny_llama
 from lsmerge.errors import LsMergeError
 from lsmerge.io.store import open_checkpoint
 from lsmerge.merge.weight import dare_drop, elect_sign, linear_merge, regmean_solve, slerp_merge, task_arithmetic_merge, ties_merge, trim_to_density
@@ -177,14 +176,9 @@ def test_regmean_closed_form_equals_least_squares():
 # -- command on tiny Llamas -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def llamas(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llamas")
-    paths = {}
-    for i, name in enumerate("ABC"):
-        paths[name] = root / name
-        make_tiny_llama(paths[name], seed=i, layers=3)
-    return paths
+@pytest.fixture
+def llamas(tiny_llamas_3layer):
+    return tiny_llamas_3layer
 
 
 def _sd(path):

@@ -10,19 +10,19 @@ import lightning as L
 import pytest
 import torch
 
+from conftest import make_tiny_llama
 from lsmerge.models.curriculum import BetaCurriculum
 from lsmerge.codecs.vae import VAECodec, load_weight_vae
 from lsmerge.data.weight_datamodule import WeightChunkDataModule
-from lsmerge.io.tiny import make_tiny_llama
 from lsmerge.errors import LsMergeError
 from lsmerge.models.weight_vae import WeightVAE
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return str(make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama"))
+@pytest.fixture
+def tiny_dir(vae_llama):
+    return vae_llama
 
 
 def _dm(tiny_dir, tmp_path, **kw):
@@ -154,11 +154,8 @@ def test_cli_fit_export_and_codec(tiny_dir, tmp_path):
     assert not torch.equal(m.model.layers[0].mlp.up_proj.weight, ref.model.layers[0].mlp.up_proj.weight)
 
     # a model with other shapes is refused, naming the mismatch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     other = tmp_path / "other"
-    LlamaForCausalLM(LlamaConfig(hidden_size=48, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=128)).save_pretrained(other)
+    make_tiny_llama(other, seed=None, hidden=48, intermediate_size=128)
     with pytest.raises(LsMergeError, match="mlp.*shape"):
         export(vae=str(ckpt), model=str(other), out=str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()

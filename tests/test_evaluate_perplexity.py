@@ -123,8 +123,6 @@ def test_short_windows_lose_context():
     assert full[0] != pytest.approx(windowed[0], rel=1e-6)  # different contexts give a different score
 
 
-
-
 # -- text to token ids -----------------------------------------------------------------------
 
 

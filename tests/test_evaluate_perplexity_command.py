@@ -35,7 +35,6 @@ def text_file(tmp_path):
     return path
 
 
-
 def test_evaluate_end_to_end(tiny_models, text_file, tmp_path, capsys):
     root = tmp_path / "ckpt"
     corpus = corpus_path(root, "shakespeare", "validation")

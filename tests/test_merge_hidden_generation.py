@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_causal_lm
+from conftest import tiny_causal_lm, word_tokenizer
 from lsmerge.errors import LsMergeError
 from lsmerge.merge.hidden import MixSpec, decoder_layers
 from lsmerge.merge.hidden.generation import DualModelGenerator, sample_next_token
@@ -120,14 +120,9 @@ def test_left_pad_and_validation(models):
 
 
 def _save_with_tokenizer(model, path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 128)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    fast.chat_template = "{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}w5"
+    fast = word_tokenizer(vocab=vocab, unk="<pad>", chat_template="{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}w5",
+                          bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     model.save_pretrained(path)
     fast.save_pretrained(path)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import word_tokenizer
 from lsmerge.errors import LsMergeError
 from lsmerge.io.store import open_checkpoint
 from lsmerge.merge.weight import slerp_merge
@@ -63,14 +64,10 @@ def test_slerp_schedule_per_kind(llamas, tmp_path):
 
 
 def test_regmean_runs_with_grams(llamas, tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     words = [f"w{i}" for i in range(100)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[PAD]", "[UNK]", *words])}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok_dir = tmp_path / "tok"
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(tok_dir)
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *words])}
+    word_tokenizer(vocab=vocab, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(tok_dir)
     g = torch.Generator().manual_seed(0)
     texts = [" ".join(words[int(i)] for i in torch.randint(0, 100, (int(n),), generator=g)) for n in torch.randint(5, 30, (12,), generator=g)]
     calib = Calibration(texts=texts, tokenizer=str(tok_dir), batch_size=4, max_tokens=400)

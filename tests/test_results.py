@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_causal_lm
+from conftest import tiny_causal_lm, word_tokenizer
 from lsmerge.errors import LsMergeError
 from lsmerge.results.pipeline import Runner
 from lsmerge.results.plan import load_plan
@@ -25,16 +25,6 @@ def _text(n: int, seed: int) -> str:
     return " ".join(WORDS[i] for i in torch.randint(len(WORDS), (n,), generator=g).tolist()) + "\n"
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "<s>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>", eos_token="<s>")
-
-
 def _save(model, tok, path: Path) -> str:
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -45,7 +35,7 @@ def _save(model, tok, path: Path) -> str:
 def world(tmp_path_factory):
     """Tiny base, two 'experts' (the base plus small task vectors), a tiny Gemma-3, corpora."""
     root = tmp_path_factory.mktemp("world")
-    tok = _tokenizer()
+    tok = word_tokenizer([" ".join(WORDS)], unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>", eos_token="<s>")
     # Llama's own init and config; the experts and the Gemma draw on from seed 0's RNG (seed None)
     cfg = dict(layers=2, vocab=64, initializer_range=0.02, max_position_embeddings=2048, pad_token_id=1, bos_token_id=2,
                eos_token_id=2)  # fmt: skip

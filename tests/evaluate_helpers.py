@@ -1,9 +1,11 @@
-"""Shared data for the perplexity tests: Shakespeare words, an unsaved tiny Llama, a word-level
-tokenizer trained on the words."""
+"""Shared data for the perplexity tests: Shakespeare words and a word-level tokenizer trained on
+them (tiny models and the tokenizer builder come from conftest)."""
 
 from __future__ import annotations
 
 import torch
+
+from conftest import word_tokenizer as _word_tokenizer
 
 WORDS = (
     "to be or not to be that is the question whether tis nobler in the mind to suffer "
@@ -18,30 +20,6 @@ def sample_text(n_words: int, seed: int = 0) -> str:
     return " ".join(WORDS[i] for i in idx.tolist()) + "\n"
 
 
-def tiny_llama(seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        pad_token_id=1,
-        bos_token_id=2,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
 def word_tokenizer():
     """A WordLevel tokenizer trained here on TRAIN_TEXT, wrapped for transformers."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([TRAIN_TEXT], trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "<s>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>")
+    return _word_tokenizer([TRAIN_TEXT], unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>")

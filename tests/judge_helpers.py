@@ -7,7 +7,7 @@ import json
 import re
 
 from lsmerge.evaluate.judge.verdicts import JUDGE_INSTRUCTION, JUDGE_QUESTION, Verdict
-from tests.conftest import make_tiny_llama
+from tests.conftest import make_tiny_llama, word_tokenizer
 
 PROMPTS = ["name a fruit", "say hello", "count to three", "what is two plus two"]
 GOOD = ["apple good", "hello good", "one two three good", "four good"]
@@ -35,22 +35,13 @@ def good_and_bad_sets(tmp_path):
 
 def judge_tokenizer(chat: bool, verdict_words: bool = True):
     """A word-level tokenizer trained here on the judging prompt's words (vocab < 128)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     words = " ".join([JUDGE_INSTRUCTION, JUDGE_QUESTION, *PROMPTS, *GOOD, *BAD, "Answer :"])
     if not verdict_words:
         words = re.sub(r"\b[AB]\b", "", words)
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    specials = ["[UNK]", "[PAD]", "<s>", "<|user|>", "<|assistant|>"]
-    tok.train_from_iterator([words], trainers.WordLevelTrainer(special_tokens=specials))
-    assert tok.get_vocab_size() <= 128
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>")
-    if chat:
-        wrapped.chat_template = (
-            "{% for m in messages %}<|user|> {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-        )
+    template = "{% for m in messages %}<|user|> {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    wrapped = word_tokenizer([words], specials=["[UNK]", "[PAD]", "<s>", "<|user|>", "<|assistant|>"],
+                             chat_template=template if chat else None, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>")
+    assert wrapped.backend_tokenizer.get_vocab_size() <= 128
     return wrapped
 
 

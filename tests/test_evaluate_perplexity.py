@@ -9,7 +9,14 @@ import torch
 
 from lsmerge.errors import LsMergeError
 from lsmerge.evaluate.perplexity import IGNORE_INDEX, collate_windows, encode_text, perplexity_of_ids, sliding_windows
-from tests.evaluate_helpers import sample_text, tiny_llama, word_tokenizer
+from conftest import tiny_causal_lm
+from tests.evaluate_helpers import sample_text, word_tokenizer
+
+
+def tiny_llama(seed: int):
+    """A 2-layer `tiny_causal_lm` with Llama's own init and config (pad 1, bos = eos 2)."""
+    return tiny_causal_lm(seed, layers=2, initializer_range=0.02, max_position_embeddings=2048, pad_token_id=1,
+                          bos_token_id=2, eos_token_id=2)
 
 
 # -- windows ---------------------------------------------------------------------------------
@@ -114,8 +121,6 @@ def test_short_windows_lose_context():
     windowed = perplexity_of_ids(model, ids, max_length=6, stride=3)
     assert full[2] == windowed[2] == 59
     assert full[0] != pytest.approx(windowed[0], rel=1e-6)  # different contexts give a different score
-
-
 
 
 # -- text to token ids -----------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -13,21 +14,18 @@ from lsmerge.data.corpora import corpus_path
 from lsmerge.errors import LsMergeError
 from lsmerge.evaluate.perplexity import perplexity_of_ids
 from lsmerge.evaluate.perplexity_command import evaluate, output_paths
-from tests.evaluate_helpers import sample_text, tiny_llama, word_tokenizer
+from conftest import make_tiny_llama
+from tests.evaluate_helpers import sample_text
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """Two tiny Llamas (different seeds) saved with the same tokenizer."""
+def tiny_models(tiny_world, tmp_path_factory):
+    """Two tiny Llamas (different seeds) saved with the same tokenizer, in folders whose names
+    (the models' names in the results) appear nowhere else in the output."""
     root = tmp_path_factory.mktemp("models")
-    tok = word_tokenizer()
-    paths = []
-    for seed, name in ((0, "llama-a"), (1, "llama-b")):
-        path = root / name
-        tiny_llama(seed).save_pretrained(path)
-        tok.save_pretrained(path)
-        paths.append(path)
-    return paths
+    for src, name in ((tiny_world.base, "llama-a"), (tiny_world.e1, "llama-b")):
+        shutil.copytree(src, root / name)
+    return [root / "llama-a", root / "llama-b"]
 
 
 @pytest.fixture
@@ -35,7 +33,6 @@ def text_file(tmp_path):
     path = tmp_path / "sample.txt"
     path.write_text(sample_text(150, seed=3))
     return path
-
 
 
 def test_evaluate_end_to_end(tiny_models, text_file, tmp_path, capsys):
@@ -123,7 +120,7 @@ def _bad_cases(tiny_models, text_file, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n\n")
     no_tok = tmp_path / "no-tokenizer"
-    tiny_llama(0).save_pretrained(no_tok)
+    make_tiny_llama(no_tok)
     model, text = str(tiny_models[0]), str(text_file)
     return [
         (dict(models=[str(tmp_path / "missing")], texts=[text]), "does not exist"),

@@ -7,21 +7,15 @@ import csv
 import pytest
 import torch
 
-from conftest import tiny_causal_lm
 from lsmerge.evaluate.perplexity import perplexity_of_ids, sliding_windows
 from lsmerge.evaluate.sweep import plot_heatmap, run_sweep, window_segments, write_csv
-
-
-@pytest.fixture(scope="module")
-def models():
-    return tiny_causal_lm(0), tiny_causal_lm(1)
 
 
 # -- sweep -------------------------------------------------------------------------------------
 
 
-def test_sweep_rows_csv_and_heatmap(models, tmp_path):
-    base, ft = models
+def test_sweep_rows_csv_and_heatmap(tiny_lms, tmp_path):
+    base, ft = tiny_lms
     chunks = torch.randint(0, 128, (3, 16), generator=torch.Generator().manual_seed(0))
     rows = run_sweep(base, [ft], chunks.flatten(), seq_len=16, layers=[0, 2], ratios=[0.0, 1.0], operators=["lerp", "slerp"],
                      max_chunks=3, batch_size=2)  # fmt: skip
@@ -50,9 +44,9 @@ def test_segments_hold_the_sliding_windows():
         assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
 
 
-def test_sweep_perplexity_is_evaluates_perplexity(models):
+def test_sweep_perplexity_is_evaluates_perplexity(tiny_lms):
     """The reference rows are `perplexity_of_ids` on the same windows, whatever the batching."""
-    base, ft = models
+    base, ft = tiny_lms
     ids = torch.randint(0, 128, (70,), generator=torch.Generator().manual_seed(1))
     ref, mean_nll, count, _ = perplexity_of_ids(base, ids, max_length=16, stride=16, batch_size=8)
     for batch in (1, 2, 5):

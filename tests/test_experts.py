@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, word_tokenizer
 
 from lsmerge.experts import (
     ExpertConfig,
@@ -31,21 +31,14 @@ def _text(words, n_lines, seed):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny Llama base with a WordLevel tokenizer, and train / validation texts of two domains."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     root = tmp_path_factory.mktemp("experts")
     texts = {}
     for name, words, seed in (("words", WORDS, 0), ("code", CODE, 1)):
         for split, n in (("train", 60), ("validation", 10)):
             texts[f"{name}/{split}"] = root / f"{name}-{split}.txt"
             texts[f"{name}/{split}"].write_text(_text(words, n, seed if split == "train" else seed + 10))
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(WORDS + CODE, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "<s>"]))
     base = root / "base"
-    make_tiny_llama(base)
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>").save_pretrained(base)
+    make_tiny_llama(base, tokenizer=word_tokenizer(WORDS + CODE, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>"))
     return root, base, texts
 
 

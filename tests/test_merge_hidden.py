@@ -29,15 +29,6 @@ from lsmerge.merge.hidden import (
 N_LAYERS = 4
 
 
-def tiny(seed: int, layers: int = N_LAYERS):
-    return tiny_causal_lm(seed, layers)
-
-
-@pytest.fixture(scope="module")
-def models():
-    return tiny(0), tiny(1)
-
-
 def all_residuals(model, ids):
     captured = {}
 
@@ -94,8 +85,8 @@ def test_operators_formulas():
 # -- hooks -------------------------------------------------------------------------------------
 
 
-def test_mixing_at_layer_leaves_lower_layers_unchanged(models):
-    base, ft = models
+def test_mixing_at_layer_leaves_lower_layers_unchanged(tiny_lms):
+    base, ft = tiny_lms
     _, ref = all_residuals(base, IDS)
     for mix_layer in (1, 2, 4):
         h_ft = residual_stream(ft, mix_layer, IDS)
@@ -111,8 +102,8 @@ def test_mixing_at_layer_leaves_lower_layers_unchanged(models):
             assert not torch.allclose(mixed[mix_layer + 1], ref[mix_layer + 1])
 
 
-def test_last_token_mode_mixes_only_last_position(models):
-    base, ft = models
+def test_last_token_mode_mixes_only_last_position(tiny_lms):
+    base, ft = tiny_lms
     h_ft = residual_stream(ft, 2, IDS)
     _, ref = all_residuals(base, IDS)
     with HiddenStateMixer(base, MixSpec("slerp", 2, 0.7, "last")) as mixer:
@@ -122,9 +113,9 @@ def test_last_token_mode_mixes_only_last_position(models):
     assert torch.allclose(mixed[2][:, -1], slerp(ref[2][:, -1], h_ft[:, -1], 0.7), atol=1e-5)
 
 
-def test_identical_models_every_operator_returns_base(models):
-    base, _ = models
-    twin = tiny(0)
+def test_identical_models_every_operator_returns_base(tiny_lms):
+    base, _ = tiny_lms
+    twin = tiny_causal_lm(0, N_LAYERS)
     ref_logits = base(input_ids=IDS, use_cache=False).logits
     for op in ("lerp", "slerp", "mean"):
         with HiddenStateMixer(base, MixSpec(op, 2, 0.6, "all")) as mixer:
@@ -137,8 +128,8 @@ def test_identical_models_every_operator_returns_base(models):
         assert torch.allclose(base(input_ids=IDS, use_cache=False).logits, ref_logits, atol=1e-5)
 
 
-def test_hooks_removed_after_exception(models):
-    base, ft = models
+def test_hooks_removed_after_exception(tiny_lms):
+    base, ft = tiny_lms
     layers = decoder_layers(base)
     with pytest.raises(ValueError, match="boom"):
         with HiddenStateMixer(base, MixSpec("lerp", 1, 0.5)) as mixer:
@@ -185,8 +176,8 @@ def test_hook_works_with_keyword_hidden_states():
     assert torch.equal(model(x), x * 4)
 
 
-def test_out_of_range_layer_is_an_error_naming_layer_count(models):
-    base, ft = models
+def test_out_of_range_layer_is_an_error_naming_layer_count(tiny_lms):
+    base, ft = tiny_lms
     for bad in (-1, N_LAYERS + 1, 100):
         with pytest.raises(LsMergeError, match=f"has {N_LAYERS} decoder layers"):
             HiddenStateMixer(base, MixSpec("lerp", bad, 0.5))
@@ -229,25 +220,25 @@ def check_identity_point(name: str, base, ft, twin) -> None:
 
 
 @pytest.mark.parametrize("name", list(OPERATORS))
-def test_every_operator_is_exact_at_its_identity_point(models, name):
-    base, ft = models
-    check_identity_point(name, base, ft, tiny(2))
+def test_every_operator_is_exact_at_its_identity_point(tiny_lms, name):
+    base, ft = tiny_lms
+    check_identity_point(name, base, ft, tiny_causal_lm(2, N_LAYERS))
 
 
-def test_identity_test_covers_the_registry(request, models):
+def test_identity_test_covers_the_registry(request, tiny_lms):
     """The parametrised test above runs once per registered operator, and its helper checks an
     operator added later: registered here (and removed again), then a broken one."""
     session_ids = {item.callspec.params["name"] for item in request.session.items
                    if item.originalname == "test_every_operator_is_exact_at_its_identity_point"}  # fmt: skip
     assert session_ids in (set(), set(OPERATORS))  # empty when run on its own with -k
-    base, ft = models
+    base, ft = tiny_lms
     try:
 
         @register("throwaway_nlerp", sources="one")
         def throwaway(h_base, h_ft, beta):
             return h_base if beta == 0.0 else torch.lerp(h_base, h_ft, beta)
 
-        check_identity_point("throwaway_nlerp", base, ft, tiny(2))
+        check_identity_point("throwaway_nlerp", base, ft, tiny_causal_lm(2, N_LAYERS))
         with pytest.raises(LsMergeError, match="exactly one"):
             MixSpec("throwaway_nlerp", 1, 0.5).check_sources(2)
     finally:
@@ -259,7 +250,7 @@ def test_identity_test_covers_the_registry(request, models):
             return h_base.clone() + 1e-3  # not the identity at beta = 0
 
         with pytest.raises(AssertionError):
-            check_identity_point("broken", base, ft, tiny(2))
+            check_identity_point("broken", base, ft, tiny_causal_lm(2, N_LAYERS))
     finally:
         OPERATORS.pop("broken", None)
     with pytest.raises(LsMergeError, match="throwaway_nlerp"):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import tiny_causal_lm, word_tokenizer
 from lsmerge.errors import LsMergeError
 from lsmerge.merge.hidden import MixSpec, decoder_layers
 from lsmerge.merge.hidden.generation import DualModelGenerator, sample_next_token
@@ -16,14 +16,9 @@ from lsmerge.merge.hidden.prompts import left_pad
 PROMPTS = [[1, 5, 7, 9, 11], [3, 4], [8, 8, 8, 9, 10, 11, 12, 13], [20, 21, 22]]
 
 
-def tiny(seed: int, layers: int = 4) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=128, max_position_embeddings=128, initializer_range=0.2,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )  # fmt: skip
-    return LlamaForCausalLM(cfg).eval()
+def tiny(seed: int):
+    """A `tiny_causal_lm` whose bos / eos / pad ids match the tokenizer of `_save_with_tokenizer`."""
+    return tiny_causal_lm(seed, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
 @pytest.fixture(scope="module")
@@ -120,20 +115,14 @@ def test_left_pad_and_validation(models):
     with pytest.raises(LsMergeError, match="exactly one"):
         DualModelGenerator(base, [ft, ft], MixSpec("slerp", 1, 0.5))
     with pytest.raises(LsMergeError, match="hidden size"):
-        other = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=4,
-                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=128))  # fmt: skip
+        other = tiny_causal_lm(None, hidden=16, initializer_range=0.02, max_position_embeddings=2048)
         DualModelGenerator(base, [other], MixSpec("lerp", 1, 0.5))
 
 
 def _save_with_tokenizer(model, path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 128)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    fast.chat_template = "{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}w5"
+    fast = word_tokenizer(vocab=vocab, unk="<pad>", chat_template="{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}w5",
+                          bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     model.save_pretrained(path)
     fast.save_pretrained(path)
 

@@ -5,22 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_causal_lm
 from lsmerge.errors import LsMergeError
 from lsmerge.merge.hidden import residual_stream
 from lsmerge.merge.hidden.steering import compute_deltas, load_deltas, save_deltas
 
 
-@pytest.fixture(scope="module")
-def models():
-    return tiny_causal_lm(0), tiny_causal_lm(1)
-
-
 # -- steering deltas ---------------------------------------------------------------------------
 
 
-def test_steering_deltas_roundtrip(models, tmp_path):
-    base, ft = models
+def test_steering_deltas_roundtrip(tiny_lms, tmp_path):
+    base, ft = tiny_lms
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
     deltas, count = compute_deltas(base, ft, prompts, [0, 2, 4], batch_size=2)
     assert count == 8

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_causal_lm, word_tokenizer
 from lsmerge.errors import LsMergeError
 from lsmerge.results.pipeline import Runner
 from lsmerge.results.plan import load_plan
@@ -24,16 +25,6 @@ def _text(n: int, seed: int) -> str:
     return " ".join(WORDS[i] for i in torch.randint(len(WORDS), (n,), generator=g).tolist()) + "\n"
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "<s>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>", eos_token="<s>")
-
-
 def _save(model, tok, path: Path) -> str:
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -43,23 +34,20 @@ def _save(model, tok, path: Path) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tiny base, two 'experts' (the base plus small task vectors), a tiny Gemma-3, corpora."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("world")
-    tok = _tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      vocab_size=64, pad_token_id=1, bos_token_id=2, eos_token_id=2)  # fmt: skip
-    base = LlamaForCausalLM(cfg).eval()
+    tok = word_tokenizer([" ".join(WORDS)], unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>", eos_token="<s>")
+    # Llama's own init and config; the experts and the Gemma draw on from seed 0's RNG (seed None)
+    cfg = dict(layers=2, vocab=64, initializer_range=0.02, max_position_embeddings=2048, pad_token_id=1, bos_token_id=2,
+               eos_token_id=2)  # fmt: skip
+    base = tiny_causal_lm(0, **cfg)
     paths = {"base": _save(base, tok, root / "base")}
     for i in (1, 2):
         g = torch.Generator().manual_seed(10 + i)
-        expert = LlamaForCausalLM(cfg).eval()
+        expert = tiny_causal_lm(None, **cfg)
         expert.load_state_dict({k: v + 0.02 * v.std().nan_to_num() * torch.randn(v.shape, generator=g) for k, v in base.state_dict().items()})
         paths[f"expert{i}"] = _save(expert, tok, root / f"expert{i}")
-    gcfg = Gemma3TextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                            head_dim=12, vocab_size=64, max_position_embeddings=256, sliding_window=16, pad_token_id=1)  # fmt: skip
-    paths["gemma"] = _save(Gemma3ForCausalLM(gcfg).eval(), tok, root / "gemma")
+    gemma = tiny_causal_lm(None, layers=2, hidden=48, vocab=64, family="gemma3", pad_token_id=1)
+    paths["gemma"] = _save(gemma, tok, root / "gemma")
     for j, corpus in enumerate(("shakespeare", "python")):
         d = root / "corpora" / corpus
         d.mkdir(parents=True)

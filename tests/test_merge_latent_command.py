@@ -1,4 +1,4 @@
-"""LS-Merge operators and the `lsmerge merge` command with the PCA codec, on tiny models."""
+"""The `lsmerge merge` command (`lsmerge.merge.latent.command`) with the PCA codec, on tiny models."""
 
 from __future__ import annotations
 
@@ -9,120 +9,33 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lsmerge.codecs.base import TensorLatent
 from lsmerge.codecs.pca import PCACodec
 from lsmerge.errors import LsMergeError
 from lsmerge.io import open_checkpoint
-from lsmerge.merge import latent as L
 from lsmerge.merge.latent.command import merge
 
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, make_tiny_model
 
 UP = "model.layers.1.mlp.up_proj.weight"
 EMBED = "model.embed_tokens.weight"
 
 
-def _latent(seed, n=6, d=4):
-    g = torch.Generator().manual_seed(seed)
-    return TensorLatent(z=torch.randn(n, d, generator=g), norm=torch.tensor([0.01 * seed, 0.02 + 0.01 * seed]), shape=(n * d,))
+@pytest.fixture
+def llamas(tiny_world):
+    """Tiny Llamas `a`, `b`, `c`, `base` (seeds 0, 1, 2, 3; 2 layers, width 32)."""
+    return {"a": tiny_world.base, "b": tiny_world.e1, "c": tiny_world.e2, "base": tiny_world.e3}
 
 
-# -- operators ---------------------------------------------------------------------------------
-def test_lerp_endpoints_are_exact_and_midpoint_linear():
-    a, b = _latent(1), _latent(2)
-    for lam, want in ((0.0, a), (1.0, b)):
-        out = L.apply("lerp", [a, b], lam=lam)
-        assert torch.equal(out.z, want.z) and torch.equal(out.norm, want.norm)
-    mid = L.apply("lerp", [a, b], lam=0.25)
-    torch.testing.assert_close(mid.z, 0.75 * a.z + 0.25 * b.z)
-    torch.testing.assert_close(mid.norm, 0.75 * a.norm + 0.25 * b.norm)
-
-
-def test_barycenter_one_hot_and_weight_checks():
-    lats = [_latent(i) for i in range(3)]
-    out = L.apply("soup", lats, weights=[0.0, 1.0, 0.0])
-    assert torch.equal(out.z, lats[1].z) and torch.equal(out.norm, lats[1].norm)
-    torch.testing.assert_close(L.apply("soup", lats, weights=[0.2, 0.3, 0.5]).z, 0.2 * lats[0].z + 0.3 * lats[1].z + 0.5 * lats[2].z)
-    with pytest.raises(LsMergeError, match="non-negative"):
-        L.apply("soup", lats, weights=[-0.5, 1.0, 0.5])
-    with pytest.raises(LsMergeError, match="sum to 1"):
-        L.apply("soup", lats, weights=[0.5, 0.5, 0.5])
-    with pytest.raises(LsMergeError, match="one weight per model"):
-        L.apply("soup", lats, weights=[1.0])
-
-
-def test_task_arithmetic_ties_dare_on_latent_task_vectors():
-    base, x1, x2 = _latent(0), _latent(1), _latent(2)
-    ta = L.apply("task_arithmetic", [x1, x2], base, weights=[0.5, 0.25])
-    torch.testing.assert_close(ta.z, base.z + 0.5 * (x1.z - base.z) + 0.25 * (x2.z - base.z))
-    assert torch.equal(L.apply("task_arithmetic", [x1], base, weights=[0.0]).z, base.z)
-    # TIES at density 1 with one expert is the plain task vector
-    torch.testing.assert_close(L.apply("ties", [x1], base, weights=[1.0], density=1.0).z, x1.z)
-    # TIES keeps only entries whose sign agrees with the elected one
-    t1 = base.with_z(base.z + torch.tensor([[1.0, -1.0, 2.0, 0.0]] * 6))
-    t2 = base.with_z(base.z + torch.tensor([[3.0, 1.0, -1.0, 0.0]] * 6))
-    merged = L.apply("ties", [t1, t2], base, weights=[1.0, 1.0], density=1.0).z - base.z
-    torch.testing.assert_close(merged[0], torch.tensor([2.0, 1.0, 2.0, 0.0]))
-    # DARE: seeded by (seed, name); expectation equals the task vector
-    d1 = L.apply("dare", [x1], base, weights=[1.0], density=0.5, seed=3, name="w")
-    assert torch.equal(d1.z, L.apply("dare", [x1], base, weights=[1.0], density=0.5, seed=3, name="w").z)
-    assert not torch.equal(d1.z, L.apply("dare", [x1], base, weights=[1.0], density=0.5, seed=4, name="w").z)
-    kept = (d1.z - base.z) != 0
-    torch.testing.assert_close((d1.z - base.z)[kept], 2 * (x1.z - base.z)[kept])
-    with pytest.raises(LsMergeError, match="density"):
-        L.apply("ties", [x1], base, weights=[1.0], density=0.0)
-
-
-def test_self_merge_samples_and_prior_mix():
-    lat = _latent(5)
-    lat.logvar = torch.full_like(lat.z, -2.0)
-    g = torch.Generator().manual_seed(0)
-    draws = L.posterior_samples(lat, 2000, 1.0, generator=g)
-    stack = torch.stack([d.z for d in draws])
-    torch.testing.assert_close(stack.std(0).mean(), torch.tensor(float(torch.exp(torch.tensor(-1.0)))), atol=0.01, rtol=0)
-    torch.testing.assert_close(L.apply("self", draws).z, lat.z, atol=0.02, rtol=0)
-    assert all(torch.equal(d.z, lat.z) for d in L.posterior_samples(lat, 3, 0.0))
-    prior = torch.randn_like(lat.z)
-    torch.testing.assert_close(L.posterior_prior_mix(lat, prior, 0.3).z, 0.7 * lat.z + 0.3 * prior)
-
-
-def test_layer_lambda_schedule():
-    assert [L.layer_lambda([0.0, 1.0], i, 5) for i in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert L.layer_lambda([0.3], 4, 10) == 0.3
-    assert L.layer_lambda([0.0, 1.0], None, 5) == 0.5
-
-
-def test_delta_coding_reconstructs_only_the_change():
-    g = torch.Generator().manual_seed(0)
-    base = torch.randn(32, 16, generator=g) * 0.02
-    expert = base + torch.randn(32, 16, generator=g) * 0.001
-    deltas = [expert - base]
-    codec = PCACodec.fit([("w", deltas), ("v", [base, expert])], chunk_size=16, rank=4)
-    merged = L.apply("soup", L.delta_encode(codec, "w", base, [expert]), weights=[1.0])
-    out = L.delta_decode(codec, "w", base, merged)
-    # low-rank error scales with the delta, not with the weights
-    assert (out - expert).norm() < 0.9 * (expert - base).norm()
-    plain = codec.decode("v", codec.encode("v", expert))
-    assert (out - expert).norm() < (plain - expert).norm()
-    b_lat = codec.encode("v", base)
-    res = L.residual_decode(codec, "v", base, b_lat, b_lat)
-    torch.testing.assert_close(res, base)  # merging nothing returns the base exactly
-
-
-# -- the command -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def llamas(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llamas")
-    for name, seed in (("a", 0), ("b", 1), ("c", 2), ("base", 3)):
-        make_tiny_llama(root / name, seed=seed)
-    return root
+def _path(root, name):
+    """`name` in a dict of paths, or in a folder."""
+    return root[name] if isinstance(root, dict) else root / name
 
 
 def _run(root, out, **kw):
     kw = {"chunk_size": 32, "progress": False, **kw}
-    kw["models"] = [str(root / m) for m in kw["models"]]
+    kw["models"] = [str(_path(root, m)) for m in kw["models"]]
     if kw.get("base"):
-        kw["base"] = str(root / kw["base"])
+        kw["base"] = str(_path(root, kw["base"]))
     return Path(merge(out=str(out), **kw))
 
 
@@ -134,7 +47,7 @@ def _decoded(codec_dir, store, name):
 @pytest.mark.parametrize("lam,which", [(0.0, "a"), (1.0, "b")])
 def test_lerp_endpoints_give_the_decoded_model(llamas, tmp_path, lam, which):
     out = _run(llamas, tmp_path / "out", method="lerp", models=["a", "b"], lam=lam, rank=8, save_codec=str(tmp_path / "codec"))
-    merged, src = open_checkpoint(out), open_checkpoint(llamas / which)
+    merged, src = open_checkpoint(out), open_checkpoint(llamas[which])
     for name in src.names:
         if PCACodec.load(tmp_path / "codec").covers(name):
             assert torch.equal(merged.get(name), _decoded(tmp_path / "codec", src, name)), name
@@ -149,7 +62,7 @@ def test_lerp_endpoints_give_the_decoded_model(llamas, tmp_path, lam, which):
 def test_soup_with_one_hot_weights_equals_that_models_decode(llamas, tmp_path):
     out = _run(llamas, tmp_path / "out", method="soup", models=["a", "b", "c"], weights=[0.0, 1.0, 0.0], rank=8,
                kinds=["mlp"], save_codec=str(tmp_path / "codec"))
-    merged, b = open_checkpoint(out), open_checkpoint(llamas / "b")
+    merged, b = open_checkpoint(out), open_checkpoint(llamas["b"])
     assert torch.equal(merged.get(UP), _decoded(tmp_path / "codec", b, UP))
     assert torch.equal(merged.get("model.layers.0.self_attn.q_proj.weight"), b.get("model.layers.0.self_attn.q_proj.weight"))
 
@@ -177,30 +90,21 @@ def test_every_method_writes_a_loadable_model(llamas, tmp_path, kw):
 def test_delta_coding_with_a_lossless_codec_gives_back_the_expert(llamas, tmp_path):
     # base + D(E(W_a - W_base)) is W_a at full rank
     out = _run(llamas, tmp_path / "out", method="soup", models=["a"], base="base", delta="weight", weights=[1.0])
-    a = open_checkpoint(llamas / "a")
+    a = open_checkpoint(llamas["a"])
     torch.testing.assert_close(open_checkpoint(out).get(UP), a.get(UP), rtol=0, atol=1e-6)
 
 
 def test_self_merge_at_full_rank_and_zero_temperature_is_the_model(llamas, tmp_path):
     out = _run(llamas, tmp_path / "out", method="self", models=["a"], samples=2, temperature=0.0)
-    a = open_checkpoint(llamas / "a")
+    a = open_checkpoint(llamas["a"])
     torch.testing.assert_close(open_checkpoint(out).get(UP), a.get(UP), rtol=0, atol=1e-6)
-
-
-def _tiny_gemma3(path, seed=5):
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, head_dim=12, vocab_size=128, max_position_embeddings=256, sliding_window=16)
-    Gemma3ForCausalLM(cfg).save_pretrained(path)
 
 
 def test_heterogeneous_llama4_into_gemma3_loads_with_finite_logits(tmp_path):
     from transformers import AutoModelForCausalLM
 
     make_tiny_llama(tmp_path / "llama4", seed=7, layers=4, hidden=32)
-    _tiny_gemma3(tmp_path / "gemma")
+    make_tiny_model(tmp_path / "gemma", seed=5, hidden=48, family="gemma3")
     kw = dict(method="hetero", models=["gemma", "llama4"], codec="pca", rank=16, save_codec=str(tmp_path / "codecs"))
     out = _run(tmp_path, tmp_path / "out", lam=0.1, **kw)
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -223,7 +127,6 @@ def test_heterogeneous_llama4_into_gemma3_loads_with_finite_logits(tmp_path):
     assert not torch.equal(open_checkpoint(out_d).get(UP), target.get(UP))
 
 
-# -- bad input: one clear error, nothing written -------------------------------------------------
 @pytest.mark.parametrize(
     "kw,match",
     [
@@ -265,12 +168,12 @@ def test_different_tokenizers_or_architectures_are_refused(llamas, tmp_path):
     import shutil
 
     for name, vocab in (("t1", '{"a": 0}'), ("t2", '{"b": 0}')):
-        shutil.copytree(llamas / "a", tmp_path / name)
+        shutil.copytree(llamas["a"], tmp_path / name)
         (tmp_path / name / "tokenizer.json").write_text(vocab)
     with pytest.raises(LsMergeError, match="tokenizer.json differs"):
         _run(tmp_path, tmp_path / "out", method="lerp", models=["t1", "t2"])
-    make_tiny_llama(tmp_path / "deep", seed=1, layers=3)
-    shutil.copytree(llamas / "a", tmp_path / "a")
+    make_tiny_llama(tmp_path / "deep", seed=1, layers=3, tokenizer=True)  # the same tokenizer as `a`
+    shutil.copytree(llamas["a"], tmp_path / "a")
     with pytest.raises(LsMergeError, match="method: hetero"):
         _run(tmp_path, tmp_path / "out", method="lerp", models=["a", "deep"])
     assert not (tmp_path / "out").exists()

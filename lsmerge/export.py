@@ -56,7 +56,9 @@ def export(
         raise LsMergeError(f"--only {only!r} matches none of the VAE's {len(codec.names)} tensors; widen it.")
     config = {"command": "export", "vae": str(vae), "model": str(model), "only": only}
     replaced = 0
-    with CheckpointWriter(out, source=store.path, inputs=[store.path], max_shard_size=max_shard_size, overwrite=overwrite, config=config) as w:
+    hint = "The VAE's reconstruction overflowed; use another VAE checkpoint or narrow --only."
+    with CheckpointWriter(out, source=store.path, inputs=[store.path, vae], max_shard_size=max_shard_size, overwrite=overwrite,
+                          config=config, nonfinite_hint=hint) as w:
         for name, t in store.items():
             if name in selected:
                 t = codec.reconstruct(name, t)

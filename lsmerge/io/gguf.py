@@ -17,7 +17,6 @@ transformers' own GGUF load in the same dtype.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -27,6 +26,7 @@ import torch
 
 from lsmerge.errors import LsMergeError
 from lsmerge.torch_options import resolve_dtype
+from lsmerge.io.provenance import file_sha256
 from lsmerge.io.writer import CheckpointWriter, check_output_dir
 
 GGUF_MAGIC = b"GGUF"
@@ -80,15 +80,6 @@ def check_gguf_file(gguf: str | os.PathLike) -> Path:
             f"supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}."
         )
     return path
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 16 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_gguf_model(gguf: str | os.PathLike, dtype: str = "float32"):
@@ -168,7 +159,8 @@ def import_gguf(
         staging = Path(staging)
         _write_side_files(model, tokenizer, config, staging)
         with CheckpointWriter(
-            out, source=staging, inputs=[path], max_shard_size=max_shard_size, overwrite=overwrite, config=provenance
+            out, source=staging, inputs=[path], max_shard_size=max_shard_size, overwrite=overwrite, config=provenance,
+            nonfinite_hint=f"{path.name} holds NaN / Inf, or its values overflow {dtype}: try --dtype float32 or repair the file.",
         ) as writer:
             for name, tensor in model.state_dict().items():
                 if name == "lm_head.weight" and config.tie_word_embeddings:

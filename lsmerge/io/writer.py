@@ -26,6 +26,7 @@ from typing import Iterable
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.provenance import input_digests
 from lsmerge.io.store import SAFETENSORS_INDEX, SIDE_FILES
 
 _DTYPE_NAMES = {
@@ -147,9 +148,12 @@ class CheckpointWriter:
         inputs: input checkpoint folders; `out` may not be, contain, or sit inside any of them.
         max_shard_size: shard limit ('2GB', '500MiB' or bytes); a tensor larger than it gets its own shard.
         overwrite: replace a non-empty `out` (only once the new one is complete).
-        config: the command's resolved configuration, stored as JSON provenance in each shard.
+        config: the command's resolved configuration, stored as JSON provenance in each shard
+            (`lsmerge_config`); it must not name the output path, so the bytes do not depend on it.
+            The sha256 of every weight file and config of each input goes beside it (`lsmerge_inputs`).
         dtype: cast floating-point tensors to this dtype on write (None keeps each tensor's dtype).
         header_reserve: bytes reserved for each shard's JSON header.
+        nonfinite_hint: what to tell the user when an output tensor holds NaN / Inf (the command's fix).
     """
 
     def __init__(
@@ -163,10 +167,13 @@ class CheckpointWriter:
         config: dict | None = None,
         dtype: torch.dtype | None = None,
         header_reserve: int = 1 << 16,
+        nonfinite_hint: str = "Check the inputs (lsmerge inspect) and lower the merge's scale (lambda / weights).",
     ):
         from lsmerge import __version__
 
-        self.out = check_output_dir(out, list(inputs) + ([source] if source else []), overwrite)
+        inputs = list(inputs)
+        self.out = check_output_dir(out, inputs + ([source] if source else []), overwrite)
+        self.nonfinite_hint = nonfinite_hint
         self.source = Path(source).expanduser().resolve() if source else None
         self.max_shard_size = parse_size(max_shard_size)
         self.overwrite = overwrite
@@ -175,6 +182,8 @@ class CheckpointWriter:
         self.metadata = {"format": "pt", "lsmerge_version": __version__}
         if config is not None:
             self.metadata["lsmerge_config"] = json.dumps(config, sort_keys=True, default=str)
+        if inputs:
+            self.metadata["lsmerge_inputs"] = json.dumps(input_digests(inputs), sort_keys=True)
         self.tmp = self.out.parent / f".{self.out.name}{_TMP_MARK}{os.getpid()}"
         self._shards: list[_Shard] = []
         self._names: set[str] = set()
@@ -213,6 +222,10 @@ class CheckpointWriter:
             raise LsMergeError(f"tensor {name!r} written twice; each name must be unique.")
         if self.dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(self.dtype)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise LsMergeError(f"output tensor {name!r} would hold {bad} NaN / Inf values of {tensor.numel()} "
+                               f"({_DTYPE_NAMES.get(tensor.dtype, tensor.dtype)}); nothing was written. {self.nonfinite_hint}")
         nbytes = tensor.numel() * tensor.element_size()
         shard = self._shards[-1] if self._shards else None
         if shard is None or (shard.entries and shard.size + nbytes > self.max_shard_size):

@@ -38,6 +38,8 @@ from lsmerge.torch_options import resolve_dtype
 
 DeltaMode = Literal["none", "weight", "latent"]
 DELTA_MODES = get_args(DeltaMode)
+# arguments that only say where or how the output is written, not what it holds: not provenance
+OUTPUT_ONLY = ("out", "out_root", "overwrite", "save_codec", "progress")
 HOMOGENEOUS_HINT = "Merge models that share an architecture and tokenizer, or use method: hetero (with a codec per family)."
 
 
@@ -234,10 +236,14 @@ def merge(
     for line in job.report:
         print(f"merge: {line}")
 
+    # what decides the output's values; never the output path (same inputs, same bytes anywhere)
+    given = {k: v for k, v in given.items() if k not in OUTPUT_ONLY}
     provenance = {"command": "merge", **given, "lam": lam, "kinds": kinds, "weights": weights,
                   "codecs": job.codec_descriptions(), "inputs": [str(p) for p in stores]}
-    with CheckpointWriter(out_path, source=ref.path, inputs=list(stores), max_shard_size=max_shard_size,
-                          overwrite=overwrite, config=provenance, dtype=out_dtype) as writer:
+    hint = ("Lower lam / weights" if m.needs_base or m.weights else "Check the codec") + " or check the inputs (lsmerge inspect)."
+    codec_files = [Path(c).expanduser() for c in codecs if c != "pca"]
+    with CheckpointWriter(out_path, source=ref.path, inputs=[*stores, *codec_files], max_shard_size=max_shard_size,
+                          overwrite=overwrite, config=provenance, dtype=out_dtype, nonfinite_hint=hint) as writer:
         for name in tqdm(ref.names, desc=f"merge ({method})", unit="tensor", disable=not progress):
             tensor = job.merge_tensor(name)
             if out_dtype is None and tensor.is_floating_point():

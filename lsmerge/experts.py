@@ -37,6 +37,7 @@ import torch
 from lsmerge.errors import LsMergeError
 from lsmerge.io.atomic import replace_dir, temp_dir_beside, write_text_atomic
 from lsmerge.io.hf import load_causal_lm, load_tokenizer
+from lsmerge.io.text import read_text
 
 STATE_FILE = "trainer_state.pt"
 ADAPTER_SUBDIR = "adapter"
@@ -207,7 +208,7 @@ def train_expert(cfg: ExpertConfig, print_fn=print) -> dict:
 
     tokenizer = load_tokenizer(cfg.base)
     tokenizer.model_max_length = int(1e12)
-    text = Path(cfg.train_text).read_text(encoding="utf-8")
+    text = read_text(cfg.train_text, "training text")
     t0 = time.perf_counter()
     blocks = token_blocks(tokenize_text(tokenizer, text), cfg.seq_len)  # (n_blocks, seq_len)
     print_fn(f"{Path(cfg.merged_dir).name}: {blocks.numel()} train tokens in {len(blocks)} blocks of {cfg.seq_len} "
@@ -282,7 +283,7 @@ def perplexity_on_texts(model_dir: str | os.PathLike, texts: dict[str, str], *, 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = {}
     for name, path in texts.items():
-        ids = encode_text(tokenizer, Path(path).read_text(encoding="utf-8"), max_tokens)
+        ids = encode_text(tokenizer, read_text(path, "evaluation text"), max_tokens)
         ppl, _, _, _ = perplexity_of_ids(model, ids, max_length=max_length, stride=max_length, batch_size=batch_size, pad_id=pad_id)
         out[name] = ppl
     return out

@@ -42,6 +42,7 @@ from lsmerge.evaluate.perplexity import check_window
 from lsmerge.io.compat import check_same_architecture, model_family
 from lsmerge.io.hf import TOKENIZER_FILES, resolve_model
 from lsmerge.io.store import CheckpointStore, open_checkpoint
+from lsmerge.io.text import EncodingErrors, read_text
 from lsmerge.merge.hidden import MixSpec, check_mix_layer
 from lsmerge.merge.hidden.base import operator_names
 from lsmerge.merge.latent import check_lambda
@@ -130,6 +131,8 @@ class BaselineMerges(L.Callback):
         latent_lambda: lambda of the VAE's latent LERP; None leaves the latent row out.
         dtype: dtype of the evaluated models.
         device: where they run; None = the VAE's device.
+        encoding_errors: strict (a held-out text that is not UTF-8 is an error, at configuration
+            time) or replace (bad bytes become U+FFFD).
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class BaselineMerges(L.Callback):
         latent_lambda: float | None = 0.5,
         dtype: str = "float32",
         device: str | None = None,
+        encoding_errors: EncodingErrors = "strict",
     ):
         if isinstance(every_n_validations, bool) or not isinstance(every_n_validations, int) or every_n_validations < 1:
             raise LsMergeError(f"every_n_validations={every_n_validations!r} must be an integer >= 1 (1 = every validation run).")
@@ -175,6 +179,7 @@ class BaselineMerges(L.Callback):
         self.text = Path(text).expanduser()
         if not self.text.is_file() or not self.text.read_bytes().strip():
             raise LsMergeError(f"held-out text {self.text} does not exist or is empty. Give a plain-text file.")
+        read_text(self.text, "held-out text", encoding_errors)  # refuse a non-UTF-8 text before training
         self.tokenizer = tokenizer
         if tokenizer != BYTES:
             folder = Path(tokenizer or self.base_path)
@@ -205,7 +210,7 @@ class BaselineMerges(L.Callback):
         self._fixed: dict[str, float] | None = None
         self.bench = PairBench(self.base_store, self.expert_store, self.text, tokenizer, max_tokens=max_tokens,
                                max_length=max_length, stride=stride, batch_size=batch_size,
-                               dtype=str(self.dtype).removeprefix("torch."))
+                               dtype=str(self.dtype).removeprefix("torch."), encoding_errors=encoding_errors)
 
     def _weight_plan(self, w: WeightBaseline):
         """(baseline, registry method, resolved parameters), checked by the method itself."""

@@ -21,6 +21,7 @@ from lsmerge.errors import LsMergeError
 from lsmerge.evaluate.perplexity import encode_text, perplexity_of_ids
 from lsmerge.io.hf import load_causal_lm, load_tokenizer
 from lsmerge.io.store import CheckpointStore
+from lsmerge.io.text import read_text
 from lsmerge.merge import latent
 from lsmerge.merge.hidden import HiddenStateMixer, MixedForward, MixSpec
 from lsmerge.merge.weight import MergeMethod, TensorContext, linear_merge
@@ -50,15 +51,18 @@ class PairBench:
         text: held-out plain-text file; tokenizer: tokenizer folder, None (the base's) or "bytes".
         max_tokens: tokens of the text scored (a prefix); max_length, stride, batch_size: windows.
         dtype: dtype name of the loaded models.
+        encoding_errors: strict (the text must be UTF-8) or replace.
     """
 
     def __init__(self, base: CheckpointStore, expert: CheckpointStore, text: Path, tokenizer: str | None, *,
-                 max_tokens: int, max_length: int, stride: int, batch_size: int, dtype: str):
+                 max_tokens: int, max_length: int, stride: int, batch_size: int, dtype: str,
+                 encoding_errors: str = "strict"):
         self.base_store, self.expert_store, self.text, self.tokenizer = base, expert, text, tokenizer
         self.max_tokens, self.max_length, self.stride, self.batch_size, self.dtype = max_tokens, max_length, stride, batch_size, dtype
         self.models: dict[str, torch.nn.Module] | None = None
         self.ids: torch.Tensor | None = None
         self.pad_id = 0
+        self.encoding_errors = encoding_errors
 
     def load(self) -> None:
         """Load base, expert and the working copy; tokenize the text."""
@@ -71,7 +75,7 @@ class PairBench:
                 f"tensor {missing[0]!r} of {self.base_store.path} is not a parameter of the loaded model; the checkpoint's "
                 "names must match transformers' own (re-save it with save_pretrained)."
             )
-        text = self.text.read_text(encoding="utf-8", errors="replace")
+        text = read_text(self.text, "held-out text", self.encoding_errors)
         if self.tokenizer == BYTES:
             self.ids = byte_ids(text, self.max_tokens, base.config.vocab_size)
         else:

@@ -24,6 +24,7 @@ from lsmerge.evaluate.perplexity import PerplexityResult, check_window, encode_t
 from lsmerge.io.atomic import write_text_atomic
 from lsmerge.io.hf import TOKENIZER_FILES, load_causal_lm, load_tokenizer
 from lsmerge.io.store import open_checkpoint
+from lsmerge.io.text import EncodingErrors, read_text
 from lsmerge.torch_options import DtypeName, resolve_device, resolve_dtype
 
 
@@ -121,6 +122,7 @@ def evaluate(
     device: str = "cpu",
     dtype: DtypeName = "float32",
     out: str | None = None,
+    encoding_errors: EncodingErrors = "strict",
 ) -> list[PerplexityResult]:
     """Perplexity of one or more checkpoints on text files and/or prepared corpora.
 
@@ -145,6 +147,8 @@ def evaluate(
         dtype: model dtype (fp32, bf16, fp16 are aliases); log-probabilities are always float32.
         out: where to write results: a file stem (writes STEM.json and STEM.csv) or a folder
             (existing, or given with a trailing slash: writes perplexity.json / perplexity.csv in it).
+        encoding_errors: strict (a text that is not UTF-8 is an error) or replace (bad bytes
+            become U+FFFD, and the text scored is not the file's).
 
     Returns:
         one PerplexityResult per (model, text), models outer.
@@ -166,9 +170,11 @@ def evaluate(
         _check_model_dir(p)
     text_paths: list[Path] = []
     text_names: list[str] = []
+    contents: list[str] = []
     for t in texts or []:
         p = Path(t).expanduser().resolve()
         _check_text(p, "text file")
+        contents.append(read_text(p, "text file", encoding_errors))
         text_paths.append(p)
         text_names.append(p.name)
     for name in corpora or []:
@@ -179,6 +185,7 @@ def evaluate(
                 f"(with the same root, {root!r}) or pass the file with --texts."
             )
         _check_text(p.resolve(), f"corpus {name!r} file")
+        contents.append(read_text(p.resolve(), f"corpus {name!r} file", encoding_errors))
         text_paths.append(p.resolve())
         text_names.append(f"{name}/{split}")
     model_labels = _unique_labels(model_paths, [p.name for p in model_paths])
@@ -198,7 +205,6 @@ def evaluate(
     }
 
     # -- run ---------------------------------------------------------------------------------
-    contents = [p.read_text(encoding="utf-8", errors="replace") for p in text_paths]
     token_cache: dict[tuple[str, int], torch.Tensor] = {}
     results: list[PerplexityResult] = []
     for model_path, model_label in zip(model_paths, model_labels):

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.text import EncodingErrors, read_text
 from lsmerge.evaluate.perplexity import perplexity_of_ids
 from lsmerge.evaluate.representation import LinearCKA, Midness
 from lsmerge.merge.hidden import (
@@ -218,6 +219,7 @@ def sweep(
     dtype: str = "float32",
     device: str = "cpu",
     overwrite: bool = False,
+    encoding_errors: EncodingErrors = "strict",
 ) -> None:
     """Perplexity and representation metrics of hidden-state mixing over layers x ratios x operators.
 
@@ -235,6 +237,7 @@ def sweep(
         dtype: float32 | bfloat16 | float16.
         device: torch device.
         overwrite: replace existing outputs.
+        encoding_errors: strict (a text that is not UTF-8 is an error) or replace (bad bytes become U+FFFD).
     """
     from lsmerge.io.hf import load_causal_lm, load_tokenizer
 
@@ -248,6 +251,7 @@ def sweep(
         check_beta(beta)
     if not os.path.isfile(text):
         raise LsMergeError(f"held-out text {text} not found; give a plain-text file")
+    held_out = read_text(text, "held-out text", encoding_errors)
     csv_path = os.path.join(output_dir, "sweep.csv")
     png_path = os.path.join(output_dir, "sweep_heatmap.png")
     if not overwrite and any(os.path.exists(p) for p in (csv_path, png_path)):
@@ -257,8 +261,7 @@ def sweep(
     sources = [load_causal_lm(p, dtype, device) for p in fine_tuned]
     n = num_layers(base_model)
     layer_list = list(range(0, n + 1, 4)) if layers is None else list(layers)
-    with open(text, encoding="utf-8") as f:
-        ids = tokenizer(f.read(), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(held_out, add_special_tokens=False)["input_ids"]
     rows = run_sweep(base_model, sources, torch.tensor(ids, dtype=torch.long), seq_len=seq_len, layers=layer_list,
                      ratios=list(ratios), operators=list(operators), max_chunks=max_chunks, batch_size=batch_size)  # fmt: skip
     os.makedirs(output_dir, exist_ok=True)

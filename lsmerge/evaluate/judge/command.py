@@ -19,6 +19,8 @@ from lsmerge.evaluate.judge.stats import format_summary, summarize
 from lsmerge.evaluate.judge.verdicts import Judge, combine, winner_in_order
 from lsmerge.io.atomic import write_text_atomic
 from lsmerge.io.hf import load_causal_lm, load_tokenizer
+from lsmerge.io.provenance import redact_url
+from lsmerge.io.text import EncodingErrors
 from lsmerge.torch_options import DtypeName
 
 JudgeKind = Literal["local", "endpoint"]
@@ -63,6 +65,7 @@ def judge(
     max_tokens: int = 16,
     dtype: DtypeName = "float32",
     device: str = "cpu",
+    encoding_errors: EncodingErrors = "strict",
 ) -> dict:
     """Compare two response sets pairwise with a judge, each pair asked in both orders.
 
@@ -79,7 +82,8 @@ def judge(
         model: local: the judge checkpoint folder; endpoint: the model name sent to the server.
         base_url: endpoint API root, e.g. http://127.0.0.1:8000/v1; default: the
             LSMERGE_JUDGE_BASE_URL environment variable. There is no built-in URL. The API key is
-            read only from LSMERGE_JUDGE_API_KEY.
+            read only from LSMERGE_JUDGE_API_KEY and never written; a URL with user:password@ is
+            refused, and secret-looking query values (key, token, ...) are redacted in outputs.
         out: JSON file for the per-pair verdicts and the summary (written atomically).
         batch_size: local: judging prompts per forward pass.
         tie_margin: local: log-probability gap (nats) of "A" over "B" within which an ask is a tie.
@@ -90,6 +94,7 @@ def judge(
         max_tokens: endpoint: most tokens of each reply.
         dtype: local: model dtype (fp32, bf16, fp16 are aliases).
         device: local: torch device (cpu, cuda, auto).
+        encoding_errors: strict (a response file that is not UTF-8 is an error) or replace (bad bytes become U+FFFD).
 
     Returns:
         {"settings", "summary", "pairs"}, as written to `out`.
@@ -111,13 +116,14 @@ def judge(
     name_a, name_b = Path(responses_a).stem, Path(responses_b).stem
     if name_a == name_b:
         name_a, name_b = str(responses_a), str(responses_b)
-    pairs = pair_responses(read_responses(responses_a), read_responses(responses_b), name_a, name_b)
+    pairs = pair_responses(read_responses(responses_a, encoding_errors), read_responses(responses_b, encoding_errors),
+                           name_a, name_b)
     settings = {"responses_a": str(responses_a), "responses_b": str(responses_b), "judge": judge, "model": model,
                 "rule": "a win must survive the position swap; otherwise tie"}  # fmt: skip
     if judge == "endpoint":
         warn_plain_http(url)
         judge_impl: Judge = EndpointJudge(url, key, model, timeout=timeout, retries=retries, max_tokens=max_tokens)
-        settings.update(base_url=url, max_tokens=max_tokens, temperature=0)
+        settings.update(base_url=redact_url(url), max_tokens=max_tokens, temperature=0)
     else:
         if not Path(model).is_dir():
             raise LsMergeError(f"judge model folder {model} does not exist; run `lsmerge fetch` or give a checkpoint folder.")

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.provenance import redact_url
 from lsmerge.evaluate.judge.responses import Ask
 from lsmerge.evaluate.judge.verdicts import Judge, Verdict, judge_text, parse_verdict
 
@@ -32,7 +33,10 @@ def resolve_endpoint(base_url: str | None) -> tuple[str, str]:
             "(e.g. http://127.0.0.1:8000/v1) or pass --base_url. Nothing was sent."
         )
     if not re.match(r"^https?://[^/\s]+", url):
-        raise LsMergeError(f"base URL {url!r} is not an http(s) URL; give e.g. http://127.0.0.1:8000/v1.")
+        raise LsMergeError(f"base URL {redact_url(url)!r} is not an http(s) URL; give e.g. http://127.0.0.1:8000/v1.")
+    if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+        raise LsMergeError(f"base URL {redact_url(url)!r} carries credentials (user:password@); remove them and put the key "
+                           f"in {API_KEY_ENV}. Nothing was sent.")
     key = os.environ.get(API_KEY_ENV)
     if not key:
         raise LsMergeError(
@@ -45,7 +49,7 @@ def resolve_endpoint(base_url: str | None) -> tuple[str, str]:
 def warn_plain_http(url: str) -> None:
     """Warn on stderr when `url` is plain http to a host other than this machine."""
     if url.startswith("http://") and not re.match(r"^http://(127\.0\.0\.1|localhost|\[::1\])[:/]", url + "/"):
-        print(f"warning: {url} is plain http to another host; the API key and prompts travel unencrypted.", file=sys.stderr)
+        print(f"warning: {redact_url(url)} is plain http to another host; the API key and prompts travel unencrypted.", file=sys.stderr)
 
 
 class EndpointJudge(Judge):
@@ -61,7 +65,8 @@ class EndpointJudge(Judge):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.api_key, self.model = api_key, model
         self.timeout, self.retries, self.retry_wait, self.max_tokens = timeout, retries, retry_wait, max_tokens
-        self.name = f"endpoint {model} at {base_url}"
+        self.name = f"endpoint {model} at {redact_url(base_url)}"
+        self.shown_url = redact_url(self.url)  # what messages show: no credentials
 
     def request_body(self, ask: Ask) -> dict:
         return {
@@ -92,18 +97,18 @@ class EndpointJudge(Judge):
                 last_error = f"HTTP {e.code}: {detail}"
                 if e.code != 429 and e.code < 500:
                     raise LsMergeError(
-                        f"the judge endpoint {self.url} refused the request ({last_error}); check the base URL, "
+                        f"the judge endpoint {self.shown_url} refused the request ({last_error}); check the base URL, "
                         f"the model name {self.model!r} and {API_KEY_ENV}."
                     ) from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 last_error = str(getattr(e, "reason", e))
             except (json.JSONDecodeError, KeyError, IndexError, TypeError):
                 raise LsMergeError(
-                    f"the judge endpoint {self.url} did not answer like a chat-completions API; "
+                    f"the judge endpoint {self.shown_url} did not answer like a chat-completions API; "
                     "check that the base URL ends in the API root (e.g. .../v1)."
                 ) from None
         raise LsMergeError(
-            f"the judge endpoint {self.url} failed after {self.retries + 1} attempts (last: {last_error}); "
+            f"the judge endpoint {self.shown_url} failed after {self.retries + 1} attempts (last: {last_error}); "
             "check that the server is up, or raise --timeout / --retries."
         )
 

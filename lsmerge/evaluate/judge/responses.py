@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.text import read_text
 
 
 class Pair(NamedTuple):
@@ -30,26 +31,25 @@ class Ask(NamedTuple):
     second: str
 
 
-def read_responses(path: str | os.PathLike) -> list[dict]:
+def read_responses(path: str | os.PathLike, encoding_errors: str = "strict") -> list[dict]:
     """Records of a JSONL response set; each line an object with a "prompt" and a string "response"."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise LsMergeError(f"response set {path} does not exist; write it with `lsmerge generate --output {path}`.")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LsMergeError(f"{path}:{line_no}: not valid JSON ({e.msg}); each line must be one JSON object.") from None
-            if not isinstance(record, dict) or "prompt" not in record or not isinstance(record.get("response"), str):
-                raise LsMergeError(
-                    f"{path}:{line_no}: each line needs a \"prompt\" and a string \"response\" "
-                    "(the records `lsmerge generate` writes)."
-                )
-            records.append(record)
+    for line_no, line in enumerate(read_text(path, "response set", encoding_errors).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LsMergeError(f"{path}:{line_no}: not valid JSON ({e.msg}); each line must be one JSON object.") from None
+        if not isinstance(record, dict) or "prompt" not in record or not isinstance(record.get("response"), str):
+            raise LsMergeError(
+                f"{path}:{line_no}: each line needs a \"prompt\" and a string \"response\" "
+                "(the records `lsmerge generate` writes)."
+            )
+        records.append(record)
     if not records:
         raise LsMergeError(f"response set {path} is empty; it needs one JSON object per line.")
     return records

@@ -16,6 +16,7 @@ import torch
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.hf import load_causal_lm, load_tokenizer
+from lsmerge.io.text import EncodingErrors
 from lsmerge.merge.hidden.base import OPERATORS, TokenMode, operator_names
 from lsmerge.merge.hidden.generation import DualModelGenerator
 from lsmerge.merge.hidden.mixer import MixSpec
@@ -49,6 +50,7 @@ def generate(
     device: str = "cpu",
     output: str | None = None,
     overwrite: bool = False,
+    encoding_errors: EncodingErrors = "strict",
 ) -> None:
     """Generate with hidden-state mixing (LERP / SLERP / mean) or task-vector steering.
 
@@ -74,6 +76,7 @@ def generate(
         device: torch device.
         output: JSONL file to write; null prints the responses.
         overwrite: replace an existing output file.
+        encoding_errors: strict (a prompt file that is not UTF-8 is an error) or replace (bad bytes become U+FFFD).
     """
     fine_tuned = list(fine_tuned or [])
     if output and os.path.exists(output) and not overwrite:
@@ -91,7 +94,7 @@ def generate(
         if not steering_deltas:
             raise LsMergeError("operator steer needs steering_deltas: compute them with `lsmerge steer`")
         deltas = load_deltas(steering_deltas)
-    prompt_list = read_prompts(prompts)
+    prompt_list = read_prompts(prompts, encoding_errors)
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(base)
     base_model = load_causal_lm(base, dtype, device)

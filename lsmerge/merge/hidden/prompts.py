@@ -14,18 +14,18 @@ from collections.abc import Sequence
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.text import read_text
 
 Prompt = str | list[dict]  # plain text, or chat messages [{"role": ..., "content": ...}]
 
 
-def read_prompts(prompts: str | list) -> list:
+def read_prompts(prompts: str | list, encoding_errors: str = "strict") -> list:
     """Prompts from a list, a .txt file (one per non-empty line) or a .jsonl file ({"prompt": str}
     or {"messages": [{"role", "content"}, ...]} per line)."""
     if isinstance(prompts, list):
         items = prompts
     elif isinstance(prompts, str) and os.path.isfile(prompts):
-        with open(prompts, encoding="utf-8") as f:
-            lines = [line.rstrip("\n") for line in f if line.strip()]
+        lines = [line for line in read_text(prompts, "prompt file", encoding_errors).splitlines() if line.strip()]
         if prompts.endswith(".jsonl"):
             items = []
             for k, line in enumerate(lines, 1):

@@ -24,6 +24,7 @@ from torch import nn
 
 from lsmerge.errors import LsMergeError
 from lsmerge.merge.hidden.hooks import ResidualRecorder, check_mix_layer, num_layers
+from lsmerge.io.text import EncodingErrors
 from lsmerge.merge.hidden.prompts import encode_prompts, left_pad, position_ids_from_mask, read_prompts
 
 AGGREGATION = "token-weighted mean over all non-padding prompt tokens of h_ft - h_base"
@@ -108,6 +109,7 @@ def steer(
     dtype: str = "float32",
     device: str = "cpu",
     overwrite: bool = False,
+    encoding_errors: EncodingErrors = "strict",
 ) -> None:
     """Compute steering deltas (mean of h_ft - h_base over prompt tokens, per layer) to safetensors.
 
@@ -122,12 +124,13 @@ def steer(
         dtype: model dtype (float32, bfloat16, float16).
         device: torch device.
         overwrite: replace an existing output file.
+        encoding_errors: strict (a prompt file that is not UTF-8 is an error) or replace (bad bytes become U+FFFD).
     """
     from lsmerge.io.hf import load_causal_lm, load_tokenizer
 
     if os.path.exists(output) and not overwrite:
         raise LsMergeError(f"{output} exists; choose another output or set overwrite: true")
-    prompt_list = read_prompts(prompts)
+    prompt_list = read_prompts(prompts, encoding_errors)
     tokenizer = load_tokenizer(base)
     base_model = load_causal_lm(base, dtype, device)
     ft_model = load_causal_lm(fine_tuned, dtype, device)

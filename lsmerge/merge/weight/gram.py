@@ -16,6 +16,7 @@ import torch
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.hf import load_causal_lm, load_tokenizer
+from lsmerge.io.text import EncodingErrors, read_text
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Calibration:
         max_tokens: stop adding documents once this many tokens are gathered.
         seq_len: documents are truncated to this many tokens.
         batch_size: documents per forward pass (right-padded; padding is masked out of the Grams).
+        encoding_errors: strict (a calibration file that is not UTF-8 is an error) or replace (bad bytes become U+FFFD).
     """
 
     files: list[str] = field(default_factory=list)
@@ -37,6 +39,7 @@ class Calibration:
     max_tokens: int = 2048
     seq_len: int = 128
     batch_size: int = 4
+    encoding_errors: EncodingErrors = "strict"
 
     def documents(self) -> list[str]:
         docs = [t for t in self.texts if t.strip()]
@@ -44,7 +47,11 @@ class Calibration:
             p = Path(f)
             if not p.is_file():
                 raise LsMergeError(f"calibration file {p} does not exist. Check calibration.files.")
-            docs += [d.strip() for d in p.read_text(errors="replace").split("\n\n") if d.strip()]
+            found = [d.strip() for d in read_text(p, "calibration file", self.encoding_errors).split("\n\n") if d.strip()]
+            if not found:
+                raise LsMergeError(f"calibration file {p} is empty (no text in it); give a file of documents separated "
+                                   "by blank lines.")
+            docs += found
         if not docs:
             raise LsMergeError("regmean needs calibration text: set calibration.files or calibration.texts.")
         return docs

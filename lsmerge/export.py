@@ -22,6 +22,7 @@ def export(
     device: str = "cpu",
     max_shard_size: str = "2GB",
     overwrite: bool = False,
+    allow_partial_codec: bool = False,
 ) -> str:
     """Write MODEL with the tensors the VAE was trained on replaced by VAE reconstructions.
 
@@ -33,6 +34,9 @@ def export(
         device: where the VAE runs (cpu, cuda).
         max_shard_size: shard size of the output.
         overwrite: replace a non-empty output folder.
+        allow_partial_codec: accept a VAE that covers only some of the model's tensors of the kinds
+            it was trained on (e.g. trained on 4 of 8 layers); the rest are copied. Without it that
+            is an error. A narrowed export (--only) is never partial.
 
     Returns:
         The output folder.
@@ -51,10 +55,21 @@ def export(
         rx = re.compile(only) if only else None
     except re.error as e:
         raise LsMergeError(f"--only {only!r} is not a valid regex ({e}).") from None
+    if rx is None and not allow_partial_codec:
+        amap = ArchitectureMap.from_config(store.config)
+        trained_kinds = {spec["kind"] for spec in codec.specs.values()}
+        missing = [n for n in store.names if amap.role(n).kind in trained_kinds and store.dtype(n).is_floating_point
+                   and not codec.covers(n)]
+        if missing:
+            raise LsMergeError(f"the VAE covers only some of {store.path}'s {sorted(trained_kinds)} tensors: {len(missing)} are "
+                               f"not covered, e.g. {missing[0]} (it was trained on {len(codec.names)}). Use a VAE trained on "
+                               "the whole model, narrow the export with --only, or pass --allow_partial_codec true to copy them.")
     selected = {n for n in codec.names if rx is None or rx.search(n)}
     if not selected:
         raise LsMergeError(f"--only {only!r} matches none of the VAE's {len(codec.names)} tensors; widen it.")
     config = {"command": "export", "vae": str(vae), "model": str(model), "only": only}
+    if allow_partial_codec:
+        config["allow_partial_codec"] = True
     replaced = 0
     hint = "The VAE's reconstruction overflowed; use another VAE checkpoint or narrow --only."
     with CheckpointWriter(out, source=store.path, inputs=[store.path, vae], max_shard_size=max_shard_size, overwrite=overwrite,

@@ -44,8 +44,14 @@ def fit_pca(stores: Sequence[CheckpointStore], names: Sequence[str], *, chunk_si
     return PCACodec.fit(copies(), chunk_size=chunk_size, rank=rank, per=per, family=family, layout=layout)
 
 
-def check_codec(codec: Codec, store: CheckpointStore, selected: Sequence[str], kinds: Sequence[str]) -> list[str]:
-    """The selected tensors of `store` the codec covers; LsMergeError for another family or no overlap."""
+def check_codec(codec: Codec, store: CheckpointStore, selected: Sequence[str], kinds: Sequence[str],
+                allow_partial: bool = False) -> list[str]:
+    """The selected tensors of `store` the codec covers; LsMergeError for another family, no overlap,
+    or (unless `allow_partial`) a codec that covers only some of the selected tensors.
+
+    The selection is the tensors of the kinds the user chose (`kinds`); a codec trained on fewer
+    layers, or on fewer of those kinds, than the model has is partial: the tensors it misses would
+    silently go to the weight-space fallback."""
     fam = getattr(codec, "family", None)
     model_fam = model_family(store.config)
     if fam and model_fam and not same_family(fam, model_fam):
@@ -57,4 +63,12 @@ def check_codec(codec: Codec, store: CheckpointStore, selected: Sequence[str], k
         raise LsMergeError(f"the codec covers none of the selected tensors (kinds {list(kinds)}) of {store.path}"
                            + (f"; it was trained on kinds {list(trained)}" if trained else "")
                            + ". Select the kinds it was trained on (--kinds) or use a codec trained on this model.")
+    missing = [n for n in selected if not codec.covers(n)]
+    if missing and not allow_partial:
+        trained = getattr(codec, "kinds", None)
+        raise LsMergeError(f"the codec covers only {len(covered)} of the {len(selected)} selected tensors (kinds {list(kinds)}) "
+                           f"of {store.path}: {len(missing)} are not covered, e.g. {missing[0]}"
+                           + (f" (it was trained on kinds {list(trained)})" if trained else "")
+                           + ". Select only what it was trained on (--kinds), use a codec trained on the whole model, or "
+                           "pass --allow_partial_codec true to merge the uncovered tensors by the fallback.")
     return covered

@@ -114,6 +114,7 @@ def merge(
     max_shard_size: str = "2GB",
     progress: bool = True,
     layer_pattern: str | None = None,
+    allow_partial_codec: bool = False,
 ) -> str:
     """LS-Merge: combine models in a codec's latent space (VAE or PCA), across architectures with OT.
 
@@ -143,7 +144,9 @@ def merge(
         delta: delta coding: none | weight (encode W_i - W_base, output W_base + D(merged)) |
             latent (output W_base + D(z_merged) - D(z_base); hetero: W_target + D_t(Z) - D_t(Z_target),
             so the target codec's reconstruction error cancels and lam 0 gives the target).
-        kinds: module kinds or groups encoded by the codec (default [mlp, attn]).
+        kinds: module kinds or groups encoded by the codec (default [mlp, attn]): the selection. A
+            saved or VAE codec must cover every selected tensor (use kinds [mlp] with a VAE trained
+            on the MLP) unless allow_partial_codec.
         fallback_method: for tensors the codec does not cover: auto (the same method in weight
             space; copy for self / hetero), copy (from the first model / base), or a
             weight-space method of `lsmerge merge-weights` (linear, slerp, task_arithmetic,
@@ -167,6 +170,10 @@ def merge(
         max_shard_size: output shard size, e.g. 2GB.
         progress: show progress bars.
         layer_pattern: regex with a (?P<layer>\\d+) group for architectures lsmerge does not know.
+        allow_partial_codec: accept a codec that covers only some of the selected tensors (`kinds`;
+            hetero: of the target), e.g. a VAE trained on 4 layers applied to an 8-layer model or
+            on [mlp] with kinds [mlp, attn]; the uncovered ones go to fallback_method. Without it
+            that is an error naming how many are not covered.
     Returns: the output folder.
     """
     given = dict(locals())
@@ -228,7 +235,8 @@ def merge(
 
     return_freed_tensors_to_the_os()
     cs = CodecSettings(kind_set=kind_set, kinds=kinds, chunk_size=chunk_size, rank=rank, pca_basis=pca_basis,
-                       layout=layout, save_codec=save_codec, progress=progress, layer_pattern=layer_pattern)
+                       layout=layout, save_codec=save_codec, progress=progress, layer_pattern=layer_pattern,
+                       allow_partial_codec=allow_partial_codec)
     if m.architectures == "two":
         job = HeteroJob(m, model_stores[0], model_stores[1], codecs, params, lam_schedule, dim_match, delta, cs)
     else:

@@ -65,8 +65,8 @@ class HeteroJob:
                 c = load_codec(spec)
             self.codecs.append(c)
         self.t_codec, self.s_codec = self.codecs
-        t_cov = check_codec(self.t_codec, target, t_sel, cs.kinds)
-        s_cov = set(check_codec(self.s_codec, source, s_sel, cs.kinds))
+        t_cov = check_codec(self.t_codec, target, t_sel, cs.kinds, cs.allow_partial_codec)  # the output's side
+        s_cov = set(check_codec(self.s_codec, source, s_sel, cs.kinds, allow_partial=True))
         groups = depth_map(self.n_s, self.n_t)
         self.plan, unmatched = self._match(t_cov, s_cov, groups)
         self.report = [

@@ -36,6 +36,7 @@ class CodecSettings:
     save_codec: str | None
     progress: bool
     layer_pattern: str | None
+    allow_partial_codec: bool = False
 
 
 def selected_names(store: CheckpointStore, amap: ArchitectureMap, kind_set: frozenset[str]) -> list[str]:
@@ -69,7 +70,7 @@ class HomogeneousJob:
                 self.codec.save(cs.save_codec)
         else:
             self.codec = load_codec(codec_spec)
-        self.coded = set(check_codec(self.codec, ref, selected, cs.kinds))
+        self.coded = set(check_codec(self.codec, ref, selected, cs.kinds, cs.allow_partial_codec))
         self.report = [f"{len(self.coded)} tensors through the codec ({self.codec!r}), "
                        f"{len(ref.names) - len(self.coded)} by fallback {fallback_method!r}"]
         if method.draw is not None and not isinstance(self.codec, SamplingCodec):

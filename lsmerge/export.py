@@ -56,7 +56,7 @@ def export(
     except re.error as e:
         raise LsMergeError(f"--only {only!r} is not a valid regex ({e}).") from None
     if rx is None and not allow_partial_codec:
-        amap = ArchitectureMap.from_config(store.config)
+        amap = ArchitectureMap.from_config(store.config, where=store.path)
         trained_kinds = {spec["kind"] for spec in codec.specs.values()}
         missing = [n for n in store.names if amap.role(n).kind in trained_kinds and store.dtype(n).is_floating_point
                    and not codec.covers(n)]

@@ -55,7 +55,7 @@ def tensor_stats(x: torch.Tensor) -> dict[str, float]:
 def collect_stats(model: str, kinds: list[str] | None = None, layer_pattern: str | None = None) -> list[TensorStats]:
     """Statistics of every floating-point tensor of `model` (optionally only some kinds)."""
     store = open_checkpoint(model)
-    arch = ArchitectureMap.from_config(store.config, layer_pattern=layer_pattern)
+    arch = ArchitectureMap.from_config(store.config, layer_pattern=layer_pattern, where=store.path)
     wanted = expand_kinds(kinds) if kinds else None
     rows = []
     for name in store.names:

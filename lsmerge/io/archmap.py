@@ -178,8 +178,15 @@ class ArchitectureMap:
             )
 
     @classmethod
-    def from_config(cls, config: dict, layer_pattern: str | None = None) -> "ArchitectureMap":
-        """Build from a parsed `config.json` (text config of multimodal models included)."""
+    def from_config(cls, config: dict, layer_pattern: str | None = None, where=None) -> "ArchitectureMap":
+        """Build from a parsed `config.json` (text config of multimodal models included); `where`,
+        the checkpoint folder, names it in the error when the config says no model_type."""
+        if not layer_pattern and not (config.get("model_type") or (config.get("text_config") or {}).get("model_type")):
+            folder = f"the checkpoint folder {where}" if where is not None else "the checkpoint folder"
+            what = "has no config.json" if not config else "has a config.json without model_type"
+            raise LsMergeError(f"{folder} {what}, so its architecture is unknown. Copy config.json from the model it "
+                               "came from (save_pretrained writes it; for a Hub model download config.json), or pass "
+                               "--layer_pattern with a (?P<layer>\\d+) group.")
         text = config.get("text_config") or {}
         model_type = config.get("model_type")
         if model_type not in FAMILIES and text.get("model_type") in FAMILIES:

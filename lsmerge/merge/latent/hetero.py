@@ -44,8 +44,8 @@ class HeteroJob:
                  params: MergeParams, lam_schedule: list[float] | None, dim_match: str, delta: str, cs: CodecSettings):
         self.method, self.target, self.source, self.delta = method, target, source, delta
         self.params, self.lam_schedule, self.dim_match = params, lam_schedule, dim_match
-        self.tmap = ArchitectureMap.from_config(target.config, layer_pattern=cs.layer_pattern)
-        self.smap = ArchitectureMap.from_config(source.config, layer_pattern=cs.layer_pattern)
+        self.tmap = ArchitectureMap.from_config(target.config, layer_pattern=cs.layer_pattern, where=target.path)
+        self.smap = ArchitectureMap.from_config(source.config, layer_pattern=cs.layer_pattern, where=source.path)
         self.n_t, self.n_s = self.tmap.num_layers(target.names), self.smap.num_layers(source.names)
         t_sel = [n for n in selected_names(target, self.tmap, cs.kind_set) if self.tmap.role(n).layer is not None]
         s_sel = [n for n in selected_names(source, self.smap, cs.kind_set) if self.smap.role(n).layer is not None]

@@ -52,7 +52,7 @@ class HomogeneousJob:
                  delta: str, fallback_method: str, cs: CodecSettings):
         self.method, self.models, self.base, self.ref = method, models, base, ref
         self.params, self.lam_schedule, self.delta = params, lam_schedule, delta
-        self.amap = ArchitectureMap.from_config(ref.config, layer_pattern=cs.layer_pattern)
+        self.amap = ArchitectureMap.from_config(ref.config, layer_pattern=cs.layer_pattern, where=ref.path)
         self.num_layers = self.amap.num_layers(ref.names)
         selected = selected_names(ref, self.amap, cs.kind_set)
         if not selected:

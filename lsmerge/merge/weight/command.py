@@ -115,7 +115,7 @@ def merge_weights(
 
     stores = _open_all(([base_path] if base_path else []) + model_paths)
     ref = stores[base_path or model_paths[0]]
-    archmap = ArchitectureMap.from_config(ref.config, layer_pattern=layer_pattern)
+    archmap = ArchitectureMap.from_config(ref.config, layer_pattern=layer_pattern, where=ref.path)
     num_layers = archmap.num_layers(ref.names)
     check_layers(layers, num_layers)
     kind_set = expand_kinds(kinds) if kinds else None
@@ -172,7 +172,7 @@ def _merge_mergekit(config: str, out, out_root, dev, dtype, max_shard_size, over
     method_base = base_path if meth.base == "required" else None
     stores = _open_all(([base_path] if base_path else []) + model_paths)
     ref = stores[method_base or (base_path if base_path in model_paths else model_paths[0])]
-    archmap = ArchitectureMap.from_config(ref.config, layer_pattern=layer_pattern)
+    archmap = ArchitectureMap.from_config(ref.config, layer_pattern=layer_pattern, where=ref.path)
     resolver = MergekitParameters(recipe, archmap.num_layers(ref.names))
     tasks, report = build_tasks(meth, [stores[p] for p in model_paths], stores[method_base] if method_base else None,
                                 archmap, resolver, Selection(), allow_vocab_mismatch=False)

@@ -25,7 +25,7 @@ import torch
 from lsmerge.errors import LsMergeError
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_UNSAFE = ("Unsupported global", "Unsupported operand", "GLOBAL", "Weights only load failed")
+_UNSAFE = ("Unsupported global", "GLOBAL")
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -90,7 +90,7 @@ def _first_line(e: BaseException) -> str:
 def _unsafe_line(e: BaseException) -> str:
     """The line of torch's message that names the refused global (e.g. `GLOBAL posix.system`)."""
     lines = [ln.strip() for ln in str(e).splitlines()]
-    hit = [ln for ln in lines if "Unsupported" in ln or "GLOBAL" in ln]
+    hit = [ln for ln in lines if any(s in ln for s in _UNSAFE)]
     return (hit[0] if hit else lines[0] if lines else type(e).__name__)[:200]
 
 

@@ -7,18 +7,25 @@ so a config sets them once under `data:`. Defaults: TensorBoard logs and `config
 recipe sets a `ModelCheckpoint` (the shipped recipes write `checkpoints/vae/<recipe>/last.ckpt`).
 `WeightFigures` is always added (it does nothing without a TensorBoard logger).
 
-Resume: ``lsmerge fit --config <run>/config.yaml --ckpt_path <run>/last.ckpt`` (the stage and
-beta of the curriculum, the optimizer and the global step continue).
+Resume: ``lsmerge fit --config <run>/config.yaml --ckpt_path <run>/last.ckpt`` continues bit for
+bit (the curriculum's stage and beta, the optimizer, the global step, the random-number states
+and the training sampler's position are in every checkpoint). `--ckpt_path` is a local file
+read with ``weights_only=True`` (lsmerge.io.ckpt): a URL, a missing, truncated or foreign file
+is one error before any folder is made. A fit whose checkpoint folder already holds `.ckpt`
+files is refused (Lightning would write `last-v1.ckpt`) unless it resumes or `--overwrite true`
+replaces them.
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
 from lsmerge.callbacks.figures import WeightFigures
+from lsmerge.codecs.vae import read_vae_checkpoint
 from lsmerge.data.weight_datamodule import WeightChunkDataModule
 from lsmerge.errors import LsMergeError
 from lsmerge.models.weight_vae import WeightVAE
@@ -41,6 +48,40 @@ class VAELightningCLI(LightningCLI):
         for link in LINKS:
             src, dst = link if isinstance(link, tuple) else (link, link)
             parser.link_arguments(f"data.{src}", f"model.{dst}", apply_on="instantiate")
+        parser.add_argument(
+            "--overwrite", type=bool, default=False,
+            help="fit: replace the .ckpt files of an earlier run in the checkpoint folder (without it, a fit into a "
+                 "folder that holds checkpoints is refused unless --ckpt_path resumes one); validate / test ignore it.",
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        """Check `--ckpt_path` (local, complete, a WeightVAE checkpoint, weights-only) before
+        Lightning reads its hyper-parameters and before any class, folder or file is made."""
+        sub = self.config.get("subcommand")
+        if sub:
+            cfg = self.config[sub]
+            if cfg.get("weights_only") is False:
+                raise LsMergeError("lsmerge loads checkpoints with weights_only=True only; drop --weights_only false.")
+            if cfg.get("ckpt_path"):
+                read_vae_checkpoint(cfg["ckpt_path"], what="--ckpt_path")
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            cfg = self.config["fit"]
+            check_checkpoint_dirs(checkpoint_dirs(cfg.get("trainer")), resume=bool(cfg.get("ckpt_path")),
+                                  overwrite=bool(cfg.get("overwrite")))
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand == "fit" and self.config["fit"].get("ckpt_path"):
+            for cb in self.trainer.checkpoint_callbacks:  # a resumed run replaces its own files: last.ckpt, never last-v1
+                cb._enable_version_counter = False
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kw = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            kw["weights_only"] = True  # whatever Lightning's default: never unpickle a checkpoint
+        return kw
 
 
 def run_lightning_cli(args: list[str]) -> None:
@@ -68,6 +109,51 @@ def run_lightning_cli(args: list[str]) -> None:
             raise
         print(f"lsmerge {args[0] if args else ''}: error: {cause}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def checkpoint_dirs(trainer_cfg) -> list[Path]:
+    """The folders the fit's ModelCheckpoint callbacks write to, read from the parsed config:
+    each one's `dirpath`, or `<default_root_dir>/checkpoints` for Lightning's default checkpoint
+    when no logger gives it a fresh version folder."""
+    if trainer_cfg is None:
+        return []
+    callbacks = trainer_cfg.get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    dirs, has_checkpoint = [], False
+    for cb in callbacks:
+        cls = cb.get("class_path", "") if hasattr(cb, "get") else type(cb).__name__
+        if str(cls).rsplit(".", 1)[-1] != "ModelCheckpoint":
+            continue
+        has_checkpoint = True
+        args = cb.get("init_args") if hasattr(cb, "get") else None
+        dirpath = args.get("dirpath") if args is not None else getattr(cb, "dirpath", None)
+        if dirpath:
+            dirs.append(Path(str(dirpath)))
+    if not has_checkpoint and trainer_cfg.get("enable_checkpointing") is not False and trainer_cfg.get("logger") in (False, None):
+        dirs.append(Path(str(trainer_cfg.get("default_root_dir") or ".")) / "checkpoints")
+    return dirs
+
+
+def check_checkpoint_dirs(dirs: list[Path], resume: bool, overwrite: bool) -> None:
+    """Refuse a fit whose checkpoint folder already holds `.ckpt` files (Lightning would write
+    `last-v1.ckpt` beside the old `last.ckpt`), unless it resumes (`--ckpt_path`) or `overwrite`
+    is set, in which case the old `.ckpt` files are removed first."""
+    if resume:
+        return
+    for d in dirs:
+        old = sorted(d.glob("*.ckpt")) if d.is_dir() else []
+        if not old:
+            continue
+        if not overwrite:
+            shown = ", ".join(p.name for p in old[:4]) + (", ..." if len(old) > 4 else "")
+            raise LsMergeError(
+                f"the checkpoint folder {d} already holds another run's checkpoints ({shown}); this fit would write "
+                f"last-v1.ckpt beside them and merges would still read the old last.ckpt. Resume it with "
+                f"--ckpt_path {d / 'last.ckpt'}, pass --overwrite true to replace them, or choose another folder "
+                f"(--trainer.callbacks.init_args.dirpath)."
+            )
+        for p in old:
+            p.unlink()
 
 
 def user_error(e: BaseException | None) -> LsMergeError | None:

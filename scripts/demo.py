@@ -44,7 +44,7 @@ def main() -> None:
     step("inspect", "inspect", "--model", BASE, "--kinds", "[mlp,attn]", "--plot", f"{DEMO}/kurtosis_smollm2.png")
     minutes = int(args.fit_minutes)
     seconds = int(round((args.fit_minutes - minutes) * 60))
-    step("fit the weight VAE", "fit", "--config", "configs/vae/smollm2_mlp.yaml",
+    step("fit the weight VAE", "fit", "--config", "configs/vae/smollm2_mlp.yaml", "--overwrite", "true",
          "--trainer.max_time", f"00:00:{minutes:02d}:{seconds:02d}", "--trainer.enable_progress_bar", "false")
     step("export the VAE reconstruction", "export", "--vae", f"{VAE_DIR}/last.ckpt", "--model", BASE,
          "--out", f"{DEMO}/smollm2_vae_reconstruction", "--overwrite", "true")

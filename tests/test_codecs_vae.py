@@ -64,3 +64,21 @@ def test_codec_from_a_fitted_checkpoint(vae_fit_run, vae_llama):
     assert lat.z.shape == (w.numel() // 32, 32) and lat.logvar.shape == lat.z.shape and lat.norm.shape == (2,)
     assert codec.decode("model.layers.0.mlp.up_proj.weight", lat).shape == w.shape
     assert len(codec.sample("model.layers.0.mlp.up_proj.weight", w, 2, 0.5)) == 2
+
+
+@pytest.mark.parametrize("kind", ["url", "missing", "folder", "truncated", "text", "not_lightning", "foreign", "malicious"])
+def test_bad_vae_checkpoints_are_refused_by_export_and_merge(kind, vae_fit_run, vae_llama, tmp_path):
+    """`export --vae` and `merge --codec` read the VAE through lsmerge.io.ckpt: one LsMergeError, no output, no code run."""
+    from lsmerge.codecs.load import load_codec
+    from lsmerge.errors import LsMergeError
+    from lsmerge.export import export
+    from tests.ckpt_helpers import EXPECTED, bad_checkpoint, sentinel_path
+
+    ckpt = bad_checkpoint(kind, tmp_path, good=vae_fit_run / "last.ckpt")
+    with pytest.raises(LsMergeError, match=EXPECTED[kind]):
+        export(vae=ckpt, model=vae_llama, out=str(tmp_path / "exported"))
+    assert not (tmp_path / "exported").exists()
+    if kind not in ("missing", "folder"):  # a missing path or a folder is a PCA codec question for load_codec
+        with pytest.raises(LsMergeError, match=EXPECTED[kind]):
+            load_codec(ckpt)
+    assert not sentinel_path(tmp_path).exists()

@@ -53,3 +53,23 @@ def test_bad_input(vae_llama, tmp_path):
     (mixed / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LsMergeError, match="mix families"):
         tiny_datamodule(vae_llama, tmp_path, checkpoints=[vae_llama, str(mixed)])
+
+
+def test_nan_input_names_tensor_and_file_and_leaves_no_temporary_file(vae_llama, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "nan-llama"
+    shutil.copytree(vae_llama, bad)
+    (weights,) = bad.glob("*.safetensors")
+    tensors = load_file(weights)
+    name = "model.layers.0.mlp.gate_proj.weight"
+    tensors[name][3, 5] = float("nan")
+    save_file(tensors, weights, metadata={"format": "pt"})
+    dm = tiny_datamodule(str(bad), tmp_path)
+    with pytest.raises(LsMergeError, match=rf"tensor '{name}' in {weights}\b.*NaN or Inf"):
+        dm.prepare_data()
+    assert not (tmp_path / "cache").exists()  # the folder it created is gone, no *.tmp-<pid> file left
+    (tmp_path / "cache").mkdir()
+    with pytest.raises(LsMergeError, match="NaN or Inf"):
+        dm.prepare_data()
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -10,12 +10,15 @@ from tqdm.auto import tqdm
 from lsmerge.codecs.base import Codec
 from lsmerge.codecs.pca import CODEC_JSON, PCACodec
 from lsmerge.errors import LsMergeError
+from lsmerge.io.ckpt import check_ckpt_path, is_url
 from lsmerge.io.compat import check_finite, model_family, same_family
 from lsmerge.io.store import CheckpointStore
 
 
 def load_codec(spec: str) -> Codec:
     """A saved PCA codec folder, or a weight-VAE checkpoint (the one place the VAE plugs in)."""
+    if is_url(spec):
+        check_ckpt_path(spec, "codec")  # refused: download it and pass the local file
     path = Path(spec).expanduser()
     if not path.exists():
         raise LsMergeError(f"codec {spec!r} not found: give `pca`, a saved PCA codec folder, or a trained VAE checkpoint.")

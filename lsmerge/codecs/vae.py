@@ -6,15 +6,15 @@ decode(name, latent): windows of z -> decoder -> chunks -> unchunk -> denormalis
 `latent.norm` (merged statistics when the operator combined them).
 sample(name, W, n, temperature): n posterior draws z = mu + temperature * exp(logvar/2) * eps.
 
-Loading is pickle-free: the Lightning `.ckpt` is read with ``torch.load(weights_only=True)``
-(the hyper-parameters are plain dicts, lists, numbers and strings), the model is rebuilt
+Loading is pickle-free: the Lightning `.ckpt` is read by `lsmerge.io.ckpt` (local files only,
+``torch.load(weights_only=True)``; the hyper-parameters are plain dicts, lists, numbers and
+strings; a URL, a missing, truncated or foreign file is one LsMergeError), the model is rebuilt
 from `hyper_parameters` and its `state_dict` loaded; no class is unpickled.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
@@ -22,25 +22,29 @@ from lsmerge.codecs.base import TensorLatent
 from lsmerge.data import chunking
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import KINDS
+from lsmerge.io.ckpt import load_lightning_checkpoint
 from lsmerge.models.weight_vae import WeightVAE
 
 _NOT_INIT_ARGS = ("_instantiator", "_class_path")
 
 
+VAE_HPARAMS = ("chunk_size", "tokens_per_sample", "num_layers", "tensors", "latent_dim")
+_WRITER = "`lsmerge fit` (a WeightVAE)"
+
+
+def read_vae_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", what: str = "VAE checkpoint") -> dict:
+    """The dict of the WeightVAE Lightning checkpoint at `path` (local file, weights-only load;
+    `lsmerge.io.ckpt`), or one LsMergeError saying what is wrong with it."""
+    ckpt = load_lightning_checkpoint(path, map_location, hparams=VAE_HPARAMS, what=what, model=_WRITER)
+    cls = ckpt["hyper_parameters"].get("_class_path")
+    if cls is not None and str(cls).rsplit(".", 1)[-1] != WeightVAE.__name__:
+        raise LsMergeError(f"{what} {path} is a checkpoint of {cls}, not of a WeightVAE. Pass a checkpoint written by {_WRITER}.")
+    return ckpt
+
+
 def load_weight_vae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> WeightVAE:
     """Rebuild a `WeightVAE` from a Lightning checkpoint with `torch.load(weights_only=True)`."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise LsMergeError(f"VAE checkpoint {path} does not exist. Train one with `lsmerge fit --config configs/vae/<recipe>.yaml`.")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means we refuse the file
-        raise LsMergeError(
-            f"{path} could not be read with torch.load(weights_only=True) ({type(e).__name__}). "
-            "Pass a checkpoint written by `lsmerge fit`."
-        ) from None
-    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
-        raise LsMergeError(f"{path} is not a weight-VAE checkpoint written by `lsmerge fit` (no hyper_parameters/state_dict).")
+    ckpt = read_vae_checkpoint(path, map_location)
     hp = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in _NOT_INIT_ARGS}
     model = WeightVAE(**hp)
     model.load_state_dict(ckpt["state_dict"])

@@ -10,7 +10,12 @@ The normalised chunks of every selected tensor are written once to
 so building it never holds more than one weight tensor in memory; training reads it with
 ``np.load(mmap_mode="r")``, so selections larger than RAM work, and every DataLoader worker
 opens its own map. The key hashes the inputs (paths, file sizes and times, names, chunk
-settings), so a changed checkpoint or setting builds a new cache.
+settings), so a changed checkpoint or setting builds a new cache. A tensor with NaN or Inf
+values is one LsMergeError naming it and its file; a failed build leaves no temporary file.
+
+The training loader is resumable (`lsmerge.data.resume`): a checkpoint holds the epoch's
+shuffle seed and how many of its samples were trained on, so a fit resumed mid-epoch sees the
+rest of the same order (single process; under DDP Lightning's DistributedSampler shuffles).
 
 A sample (dict of tensors) is one window:
 
@@ -47,6 +52,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lsmerge.data import chunking
+from lsmerge.data.resume import ResumableLoader
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import KINDS, ArchitectureMap, expand_kinds
 from lsmerge.io.hf import resolve_model
@@ -299,6 +305,7 @@ class WeightChunkDataModule(L.LightningDataModule):
         chunks_path, table_path = self.cache_paths
         if table_path.exists() and chunks_path.exists():
             return
+        created = not self.cache_dir.exists()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         table, total = [], 0
         for source, (store, names) in enumerate(zip(self.stores, self.selection)):
@@ -318,9 +325,31 @@ class WeightChunkDataModule(L.LightningDataModule):
                 )
                 total += n
         tmp = chunks_path.with_name(f"{chunks_path.name}.tmp-{os.getpid()}")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, self.chunk_size))
+        tmp_table = table_path.with_name(f"{table_path.name}.tmp-{os.getpid()}")
+        try:
+            self._write_chunks(tmp, table, total)
+            os.replace(tmp, chunks_path)
+            tmp_table.write_text(json.dumps({"tensors": table, "chunk_size": self.chunk_size}, indent=1))
+            os.replace(tmp_table, table_path)
+        finally:  # a failure (a NaN, a full disk, Ctrl-C) leaves no partial file behind
+            tmp.unlink(missing_ok=True)
+            tmp_table.unlink(missing_ok=True)
+            if created and not any(self.cache_dir.iterdir()):
+                self.cache_dir.rmdir()
+
+    def _write_chunks(self, path: Path, table: list[dict], total: int) -> None:
+        """Normalise and chunk every tensor of `table` into the .npy at `path` (fills each
+        record's threshold and norm); LsMergeError naming a tensor with NaN or Inf values."""
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(total, self.chunk_size))
         for rec in table:
-            w = self.stores[rec["source"]].get(rec["name"])
+            store = self.stores[rec["source"]]
+            w = store.get(rec["name"])
+            if w.is_floating_point() and not bool(torch.isfinite(w).all()):
+                where = Path(store.path) / store.info(rec["name"]).file
+                raise LsMergeError(
+                    f"tensor {rec['name']!r} in {where} holds NaN or Inf values; a VAE cannot be fitted on it. "
+                    "Repair or re-export that checkpoint, or leave the tensor out (data.pattern / data.layers)."
+                )
             chunks, _, norm = chunking.tensor_to_tokens(w, self.chunk_size, self.layout, self.normalization, self.slog_kappa)
             flat = w.reshape(-1).abs().to(torch.float32)
             k = max(1, math.ceil(OUTLIER_FRACTION * flat.numel()))
@@ -330,10 +359,6 @@ class WeightChunkDataModule(L.LightningDataModule):
             del w, chunks, flat
         arr.flush()
         del arr
-        os.replace(tmp, chunks_path)
-        tmp_table = table_path.with_name(f"{table_path.name}.tmp-{os.getpid()}")
-        tmp_table.write_text(json.dumps({"tensors": table, "chunk_size": self.chunk_size}, indent=1))
-        os.replace(tmp_table, table_path)
 
     def load_table(self) -> list[dict]:
         chunks_path, table_path = self.cache_paths
@@ -381,14 +406,17 @@ class WeightChunkDataModule(L.LightningDataModule):
         self._val = ChunkWindows(path, table, val, lengths, self.tokens_per_sample)
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        kw = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        if shuffle and not (self.trainer is not None and self.trainer.world_size > 1):
+            # resumable mid-epoch (lsmerge.data.resume); under DDP Lightning's DistributedSampler shuffles
+            return ResumableLoader(ds, self.batch_size, progress=self._batches_trained, **kw)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, **kw)
+
+    def _batches_trained(self) -> int:
+        """Training batches of the current epoch that went through a training step."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._train, shuffle=True)

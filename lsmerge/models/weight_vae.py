@@ -16,7 +16,8 @@ the KL is scaled per weight value so `beta` weighs the same units as the reconst
 chunk's index in its tensor (`TokenConditioning`). Compression ratio = chunk_size / latent_dim.
 
 The beta schedule is a `BetaCurriculum` (lsmerge.models.curriculum) held here and saved
-in every checkpoint. Validation metrics (torchmetrics): MSE and R^2 in normalised space,
+in every checkpoint, with the random-number states (`lsmerge.data.resume`; restored when a fit
+resumes, so it continues bit for bit). Validation metrics (torchmetrics): MSE and R^2 in normalised space,
 recall of the 0.1% largest-magnitude weights, and per tensor in the original scale the
 relative Frobenius error ||W^ - W||_F / ||W||_F and the kurtosis of W^ against W.
 """
@@ -34,6 +35,7 @@ from torchmetrics import MeanSquaredError, Metric, R2Score
 
 from lsmerge.models.curriculum import BetaCurriculum
 from lsmerge.data import chunking
+from lsmerge.data.resume import restore_rng_states, rng_states
 from lsmerge.io.archmap import KINDS
 from lsmerge.models.components import TokenConditioning, Transformer, gaussian_kl
 
@@ -323,10 +325,13 @@ class WeightVAE(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["beta_curriculum"] = self.curriculum.state_dict()
+        checkpoint["rng_states"] = rng_states()  # a resumed fit draws what this one would have drawn next
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "beta_curriculum" in checkpoint:
             self.curriculum.load_state_dict(checkpoint["beta_curriculum"])
+        if "rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
+            restore_rng_states(checkpoint["rng_states"])  # before the training loader's first draw
 
     # -- evaluation ------------------------------------------------------------------------------
     def _eval_step(self, batch: dict, stage: str) -> None:

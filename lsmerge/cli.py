@@ -4,13 +4,23 @@
 DataModule). Every other subcommand is a typed function (its docstring is the help) run by
 jsonargparse's `auto_cli`, so each takes `--config FILE.yaml` and `--print_config`.
 Functions are imported only when their command runs, to keep `lsmerge --help` quick.
+
+`main` is the one boundary between a command and the user: an `LsMergeError` (a mistake, with
+its fix) or an `OSError` (an unwritable or full disk, a missing path) becomes one line on
+stderr and exit status 1; SIGTERM and SIGINT become one line and status 128 + signal (143,
+130). In every case the command's `with` blocks have already removed their temporary files
+and the parent folders they created, so nothing is left at the target.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 # Threads that wait at the end of a parallel region sleep instead of spinning: with the
 # default (spin) policy, two torch threads on two cores shared with any other job wait a
@@ -18,7 +28,7 @@ import sys
 # BENCHMARKS.md). Must be set before torch is imported; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from lsmerge.errors import LsMergeError
+from lsmerge.errors import Interrupted, LsMergeError
 
 LIGHTNING_COMMANDS = {
     "fit": "train the weight VAE (LightningCLI; --config configs/vae/<recipe>.yaml)",
@@ -66,6 +76,95 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+_ACCESS_FIX = "choose a writable place for the output (--out / --output / --plot) or change its permissions"
+_OS_FIXES = {
+    errno.ENOSPC: "free disk space (or write the output to another disk) and run again",
+    errno.EDQUOT: "free space within your disk quota (or write the output elsewhere) and run again",
+    errno.EACCES: _ACCESS_FIX,
+    errno.EPERM: _ACCESS_FIX,
+    errno.EROFS: "the file system is read-only; write the output to a writable one",
+    errno.ENOENT: "a folder on this path is missing or cannot be created there; check the path",
+    errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
+    errno.EISDIR: "this path is a folder; name a file",
+    errno.EMFILE: "too many open files; raise the limit (ulimit -n) and run again",
+    errno.ENFILE: "too many open files on this system; close some and run again",
+    errno.EIO: "the device reported an I/O error; check the disk and run again",
+}
+
+_depth = 0  # nesting of `main`: the results pipeline runs commands through it
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an `OSError`: what failed, on which path, and the fix."""
+    what = e.strerror or str(e) or type(e).__name__
+    paths = [os.fsdecode(p) if isinstance(p, bytes) else str(p) for p in (e.filename, e.filename2) if p is not None]
+    where = f": {' -> '.join(paths)}" if paths else ""
+    return f"{what}{where}; {_OS_FIXES.get(e.errno, 'check the path and run again')}."
+
+
+def _interrupted_line(signum: int) -> str:
+    from lsmerge.io.atomic import aborted_outputs
+
+    name = signal.Signals(signum).name
+    targets = aborted_outputs()
+    if targets:
+        return f"interrupted ({name}); nothing was written to {', '.join(str(t) for t in targets)}"
+    return f"interrupted ({name}); unfinished outputs were removed"
+
+
+def _on_signal(signum, frame) -> None:
+    if os.getpid() != _main_pid:  # a forked worker (DataLoader): the parent does the cleanup
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal ends the process at once
+        signal.signal(sig, signal.SIG_DFL)
+    raise Interrupted(signum)
+
+
+_main_pid = os.getpid()
+
+
+@contextmanager
+def _command_boundary(command: str):
+    """Errors and signals of `lsmerge <command>` -> one line on stderr and an exit status."""
+    global _depth, _main_pid
+    outer = _depth == 0
+    previous = {}
+    if outer:
+        from lsmerge.io.atomic import aborted_outputs
+
+        aborted_outputs(clear=True)
+        if threading.current_thread() is threading.main_thread():
+            _main_pid = os.getpid()
+            previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    _depth += 1
+    try:
+        yield
+    except LsMergeError as e:
+        print(f"lsmerge {command}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except BrokenPipeError:  # `lsmerge ... | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")
+        raise SystemExit(1) from None
+    except OSError as e:
+        print(f"lsmerge {command}: error: {os_error_line(e)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (Interrupted, KeyboardInterrupt) as e:
+        if not outer:
+            raise
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"lsmerge {command}: {_interrupted_line(signum)}", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    finally:
+        _depth -= 1
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -77,22 +176,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lsmerge {__version__}")
         return
     command, rest = argv[0], argv[1:]
-    if command in LIGHTNING_COMMANDS:
-        from lsmerge.lightning_cli import run_lightning_cli
-
-        run_lightning_cli([command, *rest])
-        return
-    if command not in COMMANDS:
+    if command not in COMMANDS and command not in LIGHTNING_COMMANDS:
         print(f"lsmerge: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         raise SystemExit(2)
-    from jsonargparse import auto_cli
+    with _command_boundary(command):
+        if command in LIGHTNING_COMMANDS:
+            from lsmerge.lightning_cli import run_lightning_cli
 
-    func = _load(COMMANDS[command][0])
-    try:
+            run_lightning_cli([command, *rest])
+            return
+        from jsonargparse import auto_cli
+
+        func = _load(COMMANDS[command][0])
         auto_cli(func, as_positional=False, args=[_underscore_option(a) for a in rest], parser_mode="yaml", prog=f"lsmerge {command}")
-    except LsMergeError as e:
-        print(f"lsmerge {command}: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import ArchitectureMap, expand_kinds
+from lsmerge.io.atomic import atomic_path
 from lsmerge.io.store import open_checkpoint
 
 
@@ -114,9 +115,11 @@ def plot_kurtosis(rows: list[TensorStats], path: str | Path, title: str = "") ->
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, metadata={"Software": None})
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, metadata={"Software": None})
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -149,14 +152,14 @@ def inspect(
     if plot:
         print(f"wrote {plot_kurtosis(rows, plot, title=Path(model).name)}")
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        if out.endswith(".json"):
-            Path(out).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
-        else:
-            with open(out, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-                w.writeheader()
-                for r in rows:
-                    w.writerow(asdict(r))
+        with atomic_path(out) as tmp:
+            if out.endswith(".json"):
+                tmp.write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
+            else:
+                with open(tmp, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+                    w.writeheader()
+                    for r in rows:
+                        w.writerow(asdict(r))
         print(f"wrote {out}")
     return rows

@@ -28,3 +28,42 @@ def test_dashed_option_names_are_accepted(tiny_llama, tmp_path):
     out = tmp_path / "s.csv"
     main(["inspect", "--model", str(tiny_llama), "--layer-pattern", r"layers\.(?P<layer>\d+)\.", f"--out={out}"])
     assert out.read_text().startswith("name,layer,kind")
+
+
+def test_os_error_line_names_the_path_and_the_fix():
+    import errno
+
+    from lsmerge.cli import os_error_line
+
+    full = os_error_line(OSError(errno.ENOSPC, "No space left on device", "/data/out"))
+    assert full == "No space left on device: /data/out; free disk space (or write the output to another disk) and run again."
+    assert "/x/y" in os_error_line(PermissionError(errno.EACCES, "Permission denied", "/x/y"))
+    assert "choose a writable place" in os_error_line(PermissionError(errno.EACCES, "Permission denied", "/x/y"))
+    assert os_error_line(OSError("connection reset")).startswith("connection reset; ")
+
+
+def test_boundary_turns_os_errors_and_interrupts_into_one_line(tiny_llama, monkeypatch, capsys):
+    import signal
+
+    import lsmerge.inspect
+    import lsmerge.lightning_cli
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for exc, code, line in [
+        (KeyboardInterrupt(), 130, "lsmerge inspect: interrupted (SIGINT); unfinished outputs were removed"),
+        (PermissionError(13, "Permission denied", "/ro/x"), 1, "lsmerge inspect: error: Permission denied: /ro/x; "),
+    ]:
+        def boom(*args, exc=exc, **kwargs):
+            raise exc
+
+        monkeypatch.setattr(lsmerge.inspect, "collect_stats", boom)
+        with pytest.raises(SystemExit) as e:
+            main(["inspect", "--model", str(tiny_llama)])
+        assert e.value.code == code
+        err = capsys.readouterr().err
+        assert err.startswith(line) and err.count("\n") == 1 and "Traceback" not in err
+    monkeypatch.setattr(lsmerge.lightning_cli, "run_lightning_cli", lambda argv: boom())
+    with pytest.raises(SystemExit) as e:  # fit / validate / test pass the same boundary
+        main(["fit"])
+    assert e.value.code == 1 and capsys.readouterr().err.startswith("lsmerge fit: error: Permission denied: /ro/x; ")
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # main restores the handlers it set

@@ -138,3 +138,36 @@ def test_overwrite_replaces_only_when_complete(tmp_path):
     with CheckpointWriter(out, overwrite=True) as w:
         w.add("a", torch.ones(2))
     assert torch.equal(open_checkpoint(out).get("a"), torch.ones(2))
+
+
+def test_writer_error_removes_the_parent_folders_it_made(tmp_path):
+    out = tmp_path / "new" / "deeper" / "out"
+    with pytest.raises(OSError) as e:
+        with CheckpointWriter(out) as w:
+            w.add("a", torch.zeros(2))
+            raise OSError(28, "No space left on device")  # as a write() into a full disk: no path
+    assert e.value.filename == str(out)  # the target, not the temporary folder
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_that_cannot_start_leaves_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "new" / "out"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if ".lsmerge-tmp-" in self.name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(PermissionError):
+        with CheckpointWriter(out):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_below_a_file_is_refused_before_any_work(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(LsMergeError, match="is a file, not a folder"):
+        CheckpointWriter(tmp_path / "f" / "out")
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]

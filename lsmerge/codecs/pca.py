@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Iterable, Literal, Sequence, get_args
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from lsmerge.codecs.base import TensorLatent, posterior_samples
 from lsmerge.data.chunking import check_layout, chunk, tensor_stats, unchunk
 from lsmerge.errors import LsMergeError
+from lsmerge.io.atomic import atomic_paths
 from lsmerge.io.archmap import ArchitectureMap
 
 CODEC_JSON = "pca_codec.json"
@@ -202,13 +203,11 @@ class PCACodec:
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for key, b in self.bases.items():
             tensors[f"{key}.mean"] = b.mean.contiguous()
             tensors[f"{key}.components"] = b.components.contiguous()
             tensors[f"{key}.variances"] = b.variances.contiguous()
-        save_file(tensors, path / CODEC_TENSORS)
         meta = {
             "codec": "pca",
             "chunk_size": self.chunk_size,
@@ -219,7 +218,10 @@ class PCACodec:
             "names": self.names,
             "keys": {k: b.n_chunks for k, b in self.bases.items()},
         }
-        (path / CODEC_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        # both files or neither; serialised in memory so a failed write is an OSError naming the path
+        with atomic_paths(path / CODEC_TENSORS, path / CODEC_JSON) as (tensor_tmp, meta_tmp):
+            tensor_tmp.write_bytes(save(tensors))
+            meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
         return path
 
     # -- facts -----------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from lsmerge.errors import LsMergeError
 from lsmerge.io.text import EncodingErrors, read_text
 from lsmerge.evaluate.perplexity import perplexity_of_ids
 from lsmerge.evaluate.representation import LinearCKA, Midness
+from lsmerge.io.atomic import atomic_paths
 from lsmerge.merge.hidden import (
     HiddenStateMixer,
     MixSpec,
@@ -264,9 +265,9 @@ def sweep(
     ids = tokenizer(held_out, add_special_tokens=False)["input_ids"]
     rows = run_sweep(base_model, sources, torch.tensor(ids, dtype=torch.long), seq_len=seq_len, layers=layer_list,
                      ratios=list(ratios), operators=list(operators), max_chunks=max_chunks, batch_size=batch_size)  # fmt: skip
-    os.makedirs(output_dir, exist_ok=True)
-    write_csv(rows, csv_path)
-    plot_heatmap(rows, png_path)
+    with atomic_paths(csv_path, png_path) as (csv_tmp, png_tmp):
+        write_csv(rows, str(csv_tmp))
+        plot_heatmap(rows, str(png_tmp))
     best = min((r for r in rows if r["operator"] not in ("base", "fine_tuned")), key=lambda r: r["perplexity"])
     print(f"base ppl {rows[0]['perplexity']:.3f}, fine-tuned ppl {rows[1]['perplexity']:.3f}; best mixed: "
           f"{best['operator']} layer {best['mix_layer']} beta {best['beta']} ppl {best['perplexity']:.3f}")  # fmt: skip

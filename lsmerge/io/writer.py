@@ -26,6 +26,7 @@ from typing import Iterable
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.atomic import make_dirs, name_target, note_aborted, remove_empty_dirs
 from lsmerge.io.provenance import input_digests
 from lsmerge.io.store import SAFETENSORS_INDEX, SIDE_FILES
 
@@ -66,8 +67,10 @@ def _is_within(child: Path, parent: Path) -> bool:
 
 def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), overwrite: bool = False) -> Path:
     """Validate an output folder before any work: not an input, not inside one, not holding one,
-    and empty unless `overwrite`. Returns the resolved path."""
+    and empty unless `overwrite`; its nearest existing ancestor a writable folder. Returns the
+    resolved path."""
     out = Path(out).expanduser().resolve()
+    _check_writable_place(out)
     for inp in inputs:
         inp = Path(inp).expanduser().resolve()
         if _is_within(out, inp) or _is_within(inp, out):
@@ -80,6 +83,19 @@ def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
         if any(out.iterdir()) and not overwrite:
             raise LsMergeError(f"output folder {out} exists and is not empty. Choose another --out or pass --overwrite true.")
     return out
+
+
+def _check_writable_place(out: Path) -> None:
+    """Refuse an output whose nearest existing ancestor is a file or a folder this user cannot
+    write (as root `os.access` allows nearly everything; the write itself reports the rest)."""
+    place = out
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if place != out and not place.is_dir():
+        raise LsMergeError(f"cannot create output folder {out}: {place} is a file, not a folder. Choose another --out.")
+    folder = place if place != out else out.parent  # the temporary folder is made beside `out`
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LsMergeError(f"cannot write output folder {out}: {folder} is not writable. Choose a writable --out.")
 
 
 def _header_bytes(entries: dict, metadata: dict[str, str], reserve: int | None = None) -> bytes:
@@ -188,29 +204,45 @@ class CheckpointWriter:
         self._shards: list[_Shard] = []
         self._names: set[str] = set()
         self._open = False
+        self._made_dirs: list[Path] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "CheckpointWriter":
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale_tmp(self.out)
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir()
+        self._made_dirs = make_dirs(self.out.parent)
+        try:
+            clean_stale_tmp(self.out)
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)
+            self.tmp.mkdir()
+        except BaseException:
+            self.abort()
+            raise
         self._open = True
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
+            name_target(exc, self.out, self.tmp)
             self.abort()
             return
-        self.finish()
+        try:
+            self.finish()
+        except BaseException as e:
+            name_target(e, self.out, self.tmp)
+            raise
 
     def abort(self) -> None:
-        """Drop everything written so far."""
+        """Drop everything written so far, and the parent folders `__enter__` created if still empty."""
         for shard in self._shards:
             if not shard.file.closed:
-                shard.file.close()
+                try:
+                    shard.file.close()
+                except OSError:  # flushing into a full disk fails again; the file goes anyway
+                    pass
         shutil.rmtree(self.tmp, ignore_errors=True)
+        remove_empty_dirs(self._made_dirs)
+        self._made_dirs = []
+        note_aborted(self.out)
         self._open = False
 
     # -- writing ---------------------------------------------------------------------------

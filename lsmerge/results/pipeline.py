@@ -70,6 +70,8 @@ def run_lsmerge(argv: list[str], log: Path) -> float:
         try:
             main(argv)
         except SystemExit as e:
+            if isinstance(e.code, int) and e.code > 128:  # SIGTERM / SIGINT: stop the pipeline with the same status
+                raise
             if e.code not in (0, None):
                 raise LsMergeError(f"`lsmerge {' '.join(argv)}` failed (exit {e.code}); see {log}.") from None
     return time.perf_counter() - start

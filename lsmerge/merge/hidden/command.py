@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.atomic import atomic_path
 from lsmerge.io.hf import load_causal_lm, load_tokenizer
 from lsmerge.io.text import EncodingErrors
 from lsmerge.merge.hidden.base import OPERATORS, TokenMode, operator_names
@@ -126,12 +127,9 @@ def generate(
         for r in results
     ]
     if output:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        tmp = f"{output}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, output)
         print(f"wrote {len(rows)} responses to {output}")
     else:
         for row in rows:

@@ -19,10 +19,11 @@ import os
 from collections.abc import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.atomic import write_bytes_atomic
 from lsmerge.merge.hidden.hooks import ResidualRecorder, check_mix_layer, num_layers
 from lsmerge.io.text import EncodingErrors
 from lsmerge.merge.hidden.prompts import encode_prompts, left_pad, position_ids_from_mask, read_prompts
@@ -80,10 +81,8 @@ def compute_deltas(
 
 def save_deltas(deltas: dict[int, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
     tensors = {f"layers.{layer}": d.contiguous() for layer, d in deltas.items()}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
+    # serialised in memory (deltas are small) so a failed write is an OSError naming the path
+    write_bytes_atomic(path, save(tensors, metadata={k: str(v) for k, v in metadata.items()}))
 
 
 def load_deltas(path: str) -> dict[int, torch.Tensor]:

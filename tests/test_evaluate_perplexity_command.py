@@ -172,3 +172,25 @@ def test_cli_typed_choices(tiny_models, text_file, capsys):
         with pytest.raises(SystemExit) as e:
             main([*base, *args])
         assert e.value.code == 2 and f"Got value: {args[1]}" in capsys.readouterr().err
+
+
+def test_results_are_written_both_or_neither(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from lsmerge.evaluate.perplexity import PerplexityResult
+    from lsmerge.evaluate.perplexity_command import write_results
+
+    real = Path.write_text
+
+    def full_disk_on_csv(self, *a, **k):
+        if self.suffix == ".csv":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full_disk_on_csv)
+    row = PerplexityResult(**{f: (1.0 if t in ("float", float) else 1 if t in ("int", int) else "x")
+                              for f, t in PerplexityResult.__annotations__.items()})
+    with pytest.raises(OSError):
+        write_results([row], {}, tmp_path / "out" / "ppl")
+    assert not (tmp_path / "out").exists()  # no json without its csv, no folder made for them

@@ -21,7 +21,7 @@ import torch
 from lsmerge.data.corpora import Split, corpus_path
 from lsmerge.errors import LsMergeError
 from lsmerge.evaluate.perplexity import PerplexityResult, check_window, encode_text, perplexity_of_ids
-from lsmerge.io.atomic import write_text_atomic
+from lsmerge.io.atomic import atomic_paths
 from lsmerge.io.hf import TOKENIZER_FILES, load_causal_lm, load_tokenizer
 from lsmerge.io.store import open_checkpoint
 from lsmerge.io.text import EncodingErrors, read_text
@@ -93,15 +93,16 @@ def format_table(results: list[PerplexityResult]) -> str:
 
 
 def write_results(results: list[PerplexityResult], settings: dict, out: str | os.PathLike) -> tuple[Path, Path]:
-    """Write `<json>` ({"settings": ..., "results": [...]}) and `<csv>` (one row per model x text)."""
+    """Write `<json>` ({"settings": ..., "results": [...]}) and `<csv>` (one row per model x text), both or neither."""
     json_path, csv_path = output_paths(out)
     rows = [asdict(r) for r in results]
-    write_text_atomic(json_path, json.dumps({"settings": settings, "results": rows}, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(csv_path, buf.getvalue())
+    with atomic_paths(json_path, csv_path) as (json_tmp, csv_tmp):  # both files or neither
+        json_tmp.write_text(json.dumps({"settings": settings, "results": rows}, indent=2) + "\n")
+        csv_tmp.write_text(buf.getvalue())
     return json_path, csv_path
 
 

@@ -140,9 +140,25 @@ def main(root: Path) -> None:
 
 
 def digest(path: Path) -> str:
-    """sha256 of the file's bytes; steering deltas by content (safetensors' own writer orders
-    the metadata of `save_file` differently from run to run)."""
+    """sha256 of the file's bytes, with two exceptions: steering deltas by content (safetensors'
+    own writer orders the metadata of `save_file` differently from run to run), and the recorded
+    sha256 of a `.ckpt` input masked in checkpoints (torch.save writes a random serialization id,
+    so each fit's file differs in bytes even when its weights are the same)."""
     h = hashlib.sha256()
+    if path.name.endswith(".safetensors") and not path.name.endswith("deltas.safetensors"):
+        raw = path.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + n])
+        meta = header.get("__metadata__", {})
+        if "lsmerge_inputs" in meta:
+            inputs = json.loads(meta["lsmerge_inputs"])
+            for entry in inputs:
+                for f in entry.get("files", []):
+                    if f.get("file", "").endswith(".ckpt"):
+                        f["sha256"] = "<ckpt>"
+            meta["lsmerge_inputs"] = json.dumps(inputs)
+        h.update(json.dumps(header).encode() + raw[8 + n :])
+        return h.hexdigest()[:16]
     if not path.name.endswith("deltas.safetensors"):
         h.update(path.read_bytes())
         return h.hexdigest()[:16]

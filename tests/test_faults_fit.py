@@ -1,4 +1,4 @@
-"""`lsmerge fit` as a real process under signals: SIGTERM ends in one line and 143; after SIGKILL,
+"""`lsmerge fit` as a real process under signals: SIGTERM / SIGINT end in one line and 143 / 130; after SIGKILL,
 resuming from the last complete checkpoint ends with the weights of an uninterrupted run, bit for bit."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,12 +62,13 @@ def test_sigkill_then_resume_equals_a_straight_fit(vae_llama, tmp_path):
     assert not list(killed_run.glob("*-v1.ckpt"))
 
 
-def test_sigterm_during_fit_is_one_line_and_143(vae_llama, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_during_fit_is_one_line_and_128_plus_signum(vae_llama, tmp_path, sig):
     run = tmp_path / "run"
     proc = _start(_fit_argv(vae_llama, run, tmp_path / "cache"))
     _wait_for(run / "step4.ckpt", proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    assert proc.returncode == 128 + sig, err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("lsmerge fit: interrupted (SIGTERM)")
+    assert err.strip().splitlines()[-1].startswith(f"lsmerge fit: interrupted ({sig.name})")

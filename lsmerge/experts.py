@@ -235,6 +235,7 @@ def train_expert(cfg: ExpertConfig, print_fn=print) -> dict:
 
     model.train()
     window_loss, window_steps, window_t, window_tokens = 0.0, 0, 0.0, 0
+    last_line = time.perf_counter()
     while not budget_reached(cfg, step, train_seconds):
         t = time.perf_counter()
         batch = blocks[batch_indices(step, cfg.batch_size, len(blocks), cfg.seed)]  # (batch, seq_len)
@@ -253,10 +254,11 @@ def train_expert(cfg: ExpertConfig, print_fn=print) -> dict:
         train_seconds += dt
         last_loss = loss.item()
         window_loss, window_steps, window_t, window_tokens = window_loss + last_loss, window_steps + 1, window_t + dt, window_tokens + batch.numel()
-        if step % cfg.log_every == 0:
+        if step % cfg.log_every == 0 or time.perf_counter() - last_line >= 10.0:  # a line at least every 10 s
             print_fn(f"step {step:5d}  loss {window_loss / window_steps:.4f}  {window_tokens / window_t:7.0f} tok/s  "
                      f"{train_seconds / 60:5.1f} min  {tokens_seen} tokens")
             window_loss, window_steps, window_t, window_tokens = 0.0, 0, 0.0, 0
+            last_line = time.perf_counter()
         if step % cfg.save_every == 0:
             checkpoint()
     checkpoint()

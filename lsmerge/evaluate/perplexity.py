@@ -21,6 +21,7 @@ The `evaluate` command (checkpoints x texts, table, JSON / CSV) is `perplexity_c
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -152,7 +153,7 @@ def perplexity_of_ids(
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="windows", unit="batch", leave=False)
+        batches = tqdm(batches, desc="windows", unit="batch", leave=False, file=sys.stderr)
     for start in batches:
         input_ids, attention_mask, labels = collate_windows(windows[start : start + batch_size], pad_id)
         input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)

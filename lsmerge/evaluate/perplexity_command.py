@@ -124,6 +124,7 @@ def evaluate(
     dtype: DtypeName = "float32",
     out: str | None = None,
     encoding_errors: EncodingErrors = "strict",
+    progress: bool = True,
 ) -> list[PerplexityResult]:
     """Perplexity of one or more checkpoints on text files and/or prepared corpora.
 
@@ -150,6 +151,7 @@ def evaluate(
             (existing, or given with a trailing slash: writes perplexity.json / perplexity.csv in it).
         encoding_errors: strict (a text that is not UTF-8 is an error) or replace (bad bytes
             become U+FFFD, and the text scored is not the file's).
+        progress: a bar over each text's batches of windows on stderr.
 
     Returns:
         one PerplexityResult per (model, text), models outer.
@@ -232,7 +234,7 @@ def evaluate(
                 batch_size=batch_size,
                 pad_id=pad_id,
                 device=torch_device,
-                progress=True,
+                progress=progress,
             )
             results.append(
                 PerplexityResult(model_label, text_label, ppl, nll, count, n_windows, str(model_path), str(text_path))

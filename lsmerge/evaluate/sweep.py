@@ -26,6 +26,7 @@ operator: mix layers down, ratios across).
 from __future__ import annotations
 
 import csv
+import sys
 import math
 import os
 from typing import Literal
@@ -120,7 +121,7 @@ class _Scores:
 @torch.no_grad()
 def run_sweep(
     base, sources: list, token_ids: torch.Tensor, *, seq_len: int, layers: list[int], ratios: list[float],
-    operators: list[str], max_chunks: int | None = None, batch_size: int = 4,
+    operators: list[str], max_chunks: int | None = None, batch_size: int = 4, progress: bool = False,
 ) -> list[dict]:  # fmt: skip
     """The sweep on in-memory models and (n,) token ids; returns one dict per row (see COLUMNS)."""
     n = num_layers(base)
@@ -134,28 +135,36 @@ def run_sweep(
     device = next(base.parameters()).device
     ref = {"base": _Scores(), "fine_tuned": _Scores()}
     scores = {(s.operator, s.mix_layer, s.beta): _Scores() for s in specs}
-    for segment in window_segments(token_ids, seq_len, max_chunks, batch_size):
+    segments = window_segments(token_ids, seq_len, max_chunks, batch_size)
+    from tqdm.auto import tqdm
 
-        def score(model, into: _Scores | None = None):
+    bar = tqdm(total=len(segments) * (1 + len(sources) + len(specs)), desc="sweep", unit="pass", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    for k, segment in enumerate(segments):
+
+        def score(model, into: _Scores | None = None, what: str = ""):
+            bar.set_postfix_str(f"segment {k + 1}/{len(segments)}: {what}", refresh=False)
             result = perplexity_of_ids(model, segment, max_length=seq_len, stride=seq_len, batch_size=batch_size, device=device)
+            bar.update()
             if into is not None:
                 into.add(result)
 
         rec_base = _Recorded(base, [n])
-        score(rec_base, ref["base"])
+        score(rec_base, ref["base"], "base")
         rec_fts = [_Recorded(m, sorted(set(layers) | {num_layers(m)})) for m in sources]
         for i, rec in enumerate(rec_fts):
-            score(rec, ref["fine_tuned"] if i == 0 else None)
+            score(rec, ref["fine_tuned"] if i == 0 else None, f"fine-tuned {i + 1}")
         h_base_out, h_ft_out = rec_base.states[n], rec_fts[0].states[num_layers(sources[0])]
         for spec in specs:
             with HiddenStateMixer(base, spec) as mixer:
                 rec_mix = _Recorded(base, [n], mixer, rec_fts)
                 s = scores[(spec.operator, spec.mix_layer, spec.beta)]
-                score(rec_mix, s)
+                score(rec_mix, s, f"{spec.operator} layer {spec.mix_layer} beta {spec.beta:g}")
             mask = rec_mix.mask
             s.cka_base.update(rec_mix.states[n], h_base_out, mask=mask)
             s.cka_ft.update(rec_mix.states[n], h_ft_out, mask=mask)
             s.mid.update(h_base_out, h_ft_out, rec_mix.states[n], mask=mask)
+    bar.close()
     rows = [ref["base"].row("base", None, 0.0), ref["fine_tuned"].row("fine_tuned", None, 1.0)]
     rows += [scores[key].row(*key) for key in scores]
     return rows
@@ -221,6 +230,7 @@ def sweep(
     device: str = "cpu",
     overwrite: bool = False,
     encoding_errors: EncodingErrors = "strict",
+    progress: bool = True,
 ) -> None:
     """Perplexity and representation metrics of hidden-state mixing over layers x ratios x operators.
 
@@ -239,6 +249,7 @@ def sweep(
         device: torch device.
         overwrite: replace existing outputs.
         encoding_errors: strict (a text that is not UTF-8 is an error) or replace (bad bytes become U+FFFD).
+        progress: a progress bar on stderr (one step per model pass over a segment of windows).
     """
     from lsmerge.io.hf import load_causal_lm, load_tokenizer
 
@@ -264,7 +275,8 @@ def sweep(
     layer_list = list(range(0, n + 1, 4)) if layers is None else list(layers)
     ids = tokenizer(held_out, add_special_tokens=False)["input_ids"]
     rows = run_sweep(base_model, sources, torch.tensor(ids, dtype=torch.long), seq_len=seq_len, layers=layer_list,
-                     ratios=list(ratios), operators=list(operators), max_chunks=max_chunks, batch_size=batch_size)  # fmt: skip
+                     ratios=list(ratios), operators=list(operators), max_chunks=max_chunks, batch_size=batch_size,
+                     progress=progress)  # fmt: skip
     with atomic_paths(csv_path, png_path) as (csv_tmp, png_tmp):
         write_csv(rows, str(csv_tmp))
         plot_heatmap(rows, str(png_tmp))

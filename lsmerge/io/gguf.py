@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -129,6 +131,7 @@ def import_gguf(
     dtype: str = "float32",
     overwrite: bool = False,
     max_shard_size: str = "2GB",
+    progress: bool = True,
 ) -> Path:
     """Convert a .gguf file into a Hugging Face checkpoint folder with tokenizer.
 
@@ -143,6 +146,7 @@ def import_gguf(
         dtype: float32, bfloat16 or float16.
         overwrite: replace a non-empty output folder (only once the new one is complete).
         max_shard_size: largest safetensors shard, e.g. '2GB' or '500MiB'.
+        progress: lines and a per-tensor bar on stderr (reading, writing, done).
 
     Returns:
         The output folder.
@@ -150,6 +154,11 @@ def import_gguf(
     torch_dtype = parse_dtype(dtype)
     path = check_gguf_file(gguf)
     check_output_dir(out, [path], overwrite)
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    say = (lambda line: tqdm.write(f"import-gguf: {line}", file=sys.stderr)) if progress else (lambda line: None)
+    say(f"reading {path.name} ({path.stat().st_size / 2**20:.0f} MiB): checksum, then dequantise to {dtype}")
     sha = file_sha256(path)
 
     model, tokenizer = load_gguf_model(path, dtype)
@@ -162,8 +171,12 @@ def import_gguf(
             out, source=staging, inputs=[path], max_shard_size=max_shard_size, overwrite=overwrite, config=provenance,
             nonfinite_hint=f"{path.name} holds NaN / Inf, or its values overflow {dtype}: try --dtype float32 or repair the file.",
         ) as writer:
-            for name, tensor in model.state_dict().items():
+            state, written = model.state_dict(), 0
+            for name in tqdm(state, desc="import-gguf write", unit="tensor", file=sys.stderr, disable=not progress,
+                             leave=False, dynamic_ncols=True):  # fmt: skip
                 if name == "lm_head.weight" and config.tie_word_embeddings:
                     continue
-                writer.add(name, tensor.to(torch_dtype))
+                writer.add(name, state[name].to(torch_dtype))
+                written += 1
+    say(f"wrote {writer.out} ({written} tensors, {dtype}) in {time.perf_counter() - start:.1f} s")
     return writer.out

@@ -33,7 +33,7 @@ from torch import nn
 from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 
 from lsmerge.errors import LsMergeError
-from lsmerge.merge.hidden.hooks import check_mix_layer, num_layers, residual_stream
+from lsmerge.merge.hidden.hooks import cache_kwargs, check_mix_layer, num_layers, residual_stream
 from lsmerge.merge.hidden.mixer import HiddenStateMixer, MixSpec, Steerer
 from lsmerge.merge.hidden.prompts import Prompt, encode_prompts, left_pad, position_ids_from_mask
 
@@ -196,7 +196,7 @@ class DualModelGenerator:
                     try:
                         states = [
                             residual_stream(
-                                m, self.spec.mix_layer, ids, attention_mask=attn, position_ids=pos, past_key_values=cache
+                                m, self.spec.mix_layer, ids, attention_mask=attn, position_ids=pos, cache=cache
                             )
                             for m, cache in zip(self.sources, source_caches)
                         ]
@@ -207,8 +207,8 @@ class DualModelGenerator:
                     input_ids=ids,
                     attention_mask=attn,
                     position_ids=pos,
-                    past_key_values=base_cache,
                     use_cache=True,
+                    **cache_kwargs(self.base, base_cache),
                     logits_to_keep=1,
                 )
                 token = sample_next_token(out.logits[:, -1, :], temperature=temperature, top_p=top_p, generator=generator)

@@ -16,6 +16,8 @@ included. A hook finds the hidden state whether the decoder layer receives it po
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -24,6 +26,23 @@ from torch import nn
 from lsmerge.errors import LsMergeError
 
 HiddenEdit = Callable[[torch.Tensor], torch.Tensor]
+
+
+def cache_kwargs(model: nn.Module, cache) -> dict:
+    """`{name: cache}` for a causal LM's forward: `cache=` where the installed transformers takes
+    it (5.x, where `past_key_values=` is deprecated), `past_key_values=` on older releases."""
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return {name: cache}
+    return {_transformers_cache_name(): cache}  # a wrapper (PEFT) that passes **kwargs on
+
+
+@functools.cache
+def _transformers_cache_name() -> str:
+    from transformers import LlamaModel
+
+    return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
 # -- model structure ---------------------------------------------------------------------------
@@ -174,7 +193,7 @@ def residual_stream(
     *,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
-    past_key_values=None,
+    cache=None,
 ) -> torch.Tensor:
     """The residual stream at `mix_layer`, running only the embeddings and layers[:mix_layer].
 
@@ -187,7 +206,7 @@ def residual_stream(
         input_ids: (batch, seq) token ids.
         attention_mask: (batch, past + seq) 0/1 mask (left padding), or None.
         position_ids: (batch, seq), or None for 0.. (+ cached length).
-        past_key_values: a transformers Cache, or None for no caching.
+        cache: a transformers Cache, or None for no caching.
 
     Returns:
         (batch, seq, hidden) tensor.
@@ -203,8 +222,8 @@ def residual_stream(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
-                use_cache=past_key_values is not None,
+                use_cache=cache is not None,
+                **cache_kwargs(body, cache),
             )
         except _ResidualReached as reached:
             return reached.hidden

@@ -123,7 +123,7 @@ def _bad_cases(tiny_models, text_file, tmp_path):
     make_tiny_llama(no_tok)
     model, text = str(tiny_models[0]), str(text_file)
     return [
-        (dict(models=[str(tmp_path / "missing")], texts=[text]), "does not exist"),
+        (dict(models=[str(tmp_path / "missing")], texts=[text]), "unknown model .*no such folder"),
         (dict(models=[model], texts=[str(tmp_path / "nope.txt")]), "does not exist"),
         (dict(models=[model], texts=[str(empty)]), "empty"),
         (dict(models=[model], corpora=["python"], root=str(tmp_path / "r")), "lsmerge fetch"),

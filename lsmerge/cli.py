@@ -215,8 +215,36 @@ def main(argv: list[str] | None = None) -> None:
         from jsonargparse import auto_cli
 
         func = _load(COMMANDS[command][0])
-        auto_cli(func, as_positional=False, args=[_underscore_option(a) for a in rest], parser_mode="yaml", prog=f"lsmerge {command}",
-                 description=summary(func))
+        args = [_underscore_option(a) for a in rest]
+        kwargs = dict(as_positional=False, parser_mode="yaml", prog=f"lsmerge {command}", description=summary(func))
+        if command == "merge-weights" and _print_mergekit_plan(func, args, kwargs):
+            return
+        auto_cli(func, args=args, **kwargs)
+
+
+def _print_mergekit_plan(func, args: list[str], kwargs: dict) -> bool:
+    """merge-weights: a mergekit recipe given as --config runs as --mergekit_config (rewritten in
+    place), and `--print_config` with a recipe prints what will run (method, models, base,
+    parameters) instead of the unused native defaults. True when it printed."""
+    from jsonargparse import auto_cli, capture_parser
+
+    from lsmerge.merge.weight.command import mergekit_args, mergekit_plan
+
+    args[:] = mergekit_args(args)
+    printing = [a for a in args if a == "--print_config" or a.startswith("--print_config=")]
+    if not printing or "--mergekit_config" not in " ".join(args).replace("=", " ").split():
+        return False
+    parser = capture_parser(lambda: auto_cli(func, args=args, **kwargs))
+    cfg = parser.parse_args([a for a in args if a not in printing])
+    if not cfg.get("mergekit_config"):
+        return False
+    fields, notes = mergekit_plan(cfg.mergekit_config)
+    for key, value in fields.items():
+        if key != "dtype" or cfg.get("dtype") is None:
+            cfg[key] = value
+    print("\n".join(f"# {n}" for n in notes))
+    print(parser.dump(cfg), end="")
+    return True
 
 
 if __name__ == "__main__":

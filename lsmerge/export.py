@@ -28,7 +28,8 @@ def export(
 
     Args:
         vae: the weight-VAE checkpoint (`.ckpt` written by `lsmerge fit`, e.g. checkpoints/vae/tiny/last.ckpt).
-        model: Hugging Face checkpoint folder whose tensors are reconstructed.
+        model: Hugging Face checkpoint folder (or a name under checkpoints/base/ or checkpoints/merged/)
+            whose tensors are reconstructed.
         out: output folder (must not exist or be empty unless --overwrite true).
         only: optional regex; reconstruct only trained tensors whose name matches it.
         device: where the VAE runs (cpu, cuda).
@@ -46,8 +47,10 @@ def export(
     from lsmerge.io.store import open_checkpoint
     from lsmerge.io.writer import CheckpointWriter, check_output_dir
 
-    store = open_checkpoint(model)
-    check_output_dir(out, [model], overwrite)
+    from lsmerge.io.hf import resolve_model
+
+    store = open_checkpoint(resolve_model(model))
+    check_output_dir(out, [store.path], overwrite)
     codec = VAECodec.from_checkpoint(vae, device=device)
     model_type = ArchitectureMap.from_config(store.config).family.name if store.config else None
     codec.check_model(model_type, {n: store.shape(n) for n in store.names})

@@ -135,7 +135,8 @@ def inspect(
     kurtosis, absolute max and the fraction beyond 3 std. Reads one tensor at a time.
 
     Args:
-        model: checkpoint folder (safetensors, single or sharded).
+        model: checkpoint folder (safetensors, single or sharded) or a name under checkpoints/base/ or
+            checkpoints/merged/.
         kinds: only these module kinds or groups (e.g. [mlp, attn, qkv, norm, embed]).
         layer_pattern: regex with a (?P<layer>\\d+) group, for architectures lsmerge does not know.
         plot: write a PNG of kurtosis per layer by kind here.
@@ -145,6 +146,9 @@ def inspect(
         raise LsMergeError(f"--out {out!r} must end with .json or .csv.")
     if plot and not plot.endswith(".png"):
         raise LsMergeError(f"--plot {plot!r} must end with .png.")
+    from lsmerge.io.hf import resolve_model
+
+    model = str(resolve_model(model))
     rows = collect_stats(model, kinds, layer_pattern)
     if not rows:
         raise LsMergeError(f"no floating-point tensors of kinds {kinds} in {model}. Widen --kinds.")

@@ -46,6 +46,27 @@ LINKS = (
 )
 
 
+_RECIPES = ("Recipes: configs/vae/tiny.yaml (tiny random models, seconds), configs/vae/tiny_baselines.yaml (the same "
+            "with weight-space baselines scored beside training), configs/vae/smollm2_mlp.yaml (SmolLM2-135M's MLP "
+            "weights; needs `lsmerge fetch`).")
+_RUN = ("Run `lsmerge {name} --config configs/vae/<recipe>.yaml`; --print_config shows the whole configuration. "
+        "lsmerge's own options come first below: --model.* (the WeightVAE: latent size, layers, loss, beta "
+        "curriculum) and --data.* (WeightChunkDataModule: checkpoints, tensor kinds, chunk size); the --trainer.* "
+        "options after them are Lightning's.")
+SUMMARIES = {
+    "fit": ("Train lsmerge's weight VAE (a transformer beta-VAE over chunks of model weights) on the checkpoints "
+            "named under data:, writing TensorBoard logs and config.yaml under checkpoints/vae/tb/version_N/ and "
+            "checkpoints (the shipped recipes: checkpoints/vae/<recipe>/last.ckpt) for `lsmerge merge --codec` and "
+            "`lsmerge export --vae`. " + _RECIPES + " " + _RUN.format(name="fit") + " Resume an interrupted fit "
+            "bit for bit with --config <run>/config.yaml --ckpt_path <dir>/last.ckpt; a fit into a folder that "
+            "already holds checkpoints is refused unless it resumes or --overwrite true replaces them."),
+    "validate": ("Validate a trained lsmerge weight VAE (--ckpt_path CKPT) on the validation windows of its "
+                 "recipe's data. " + _RECIPES + " " + _RUN.format(name="validate")),
+    "test": ("Test a trained lsmerge weight VAE (--ckpt_path CKPT) on the test windows of its recipe's data. "
+             + _RECIPES + " " + _RUN.format(name="test")),
+}
+
+
 class VAELightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for link in LINKS:
@@ -61,6 +82,20 @@ class VAELightningCLI(LightningCLI):
             help="show progress: Lightning's bar, or (with --trainer.enable_progress_bar false) a line on stderr at "
                  "most every 10 s; false turns both off.",
         )
+
+    def _add_subcommands(self, parser, **kwargs) -> None:
+        """Each subcommand's help starts with lsmerge's summary, names the recipe configs, and lists the
+        model and data options before Lightning's trainer options; its usage line reads `lsmerge fit`."""
+        super()._add_subcommands(parser, **kwargs)
+        for name, sub in self._subcommand_parsers.items():
+            sub.prog = f"lsmerge {name}"
+            sub.usage = (f"lsmerge {name} --config configs/vae/<recipe>.yaml [--print_config]\n"
+                         f"       [--model.OPTION V] [--data.OPTION V] [--trainer.OPTION V] [--ckpt_path CKPT]"
+                         + (" [--overwrite true]" if name == "fit" else ""))
+            sub.description = SUMMARIES.get(name, sub.description)
+            groups = sub._action_groups
+            first = [g for g in groups if g.title and g.title.startswith(("Transformer beta-VAE", "Selected weight tensors"))]
+            sub._action_groups = groups[:1] + first + [g for g in groups[1:] if g not in first]
 
     def _parse_ckpt_path(self) -> None:
         """Check `--ckpt_path` (local, complete, a WeightVAE checkpoint, weights-only) before

@@ -67,3 +67,37 @@ def test_boundary_turns_os_errors_and_interrupts_into_one_line(tiny_llama, monke
         main(["fit"])
     assert e.value.code == 1 and capsys.readouterr().err.startswith("lsmerge fit: error: Permission denied: /ro/x; ")
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # main restores the handlers it set
+
+
+def test_help_summaries_are_whole_sentences(capsys):
+    from lsmerge.cli import summary, _load
+
+    for name, (target, line) in COMMANDS.items():
+        assert line[0].isupper() and line.endswith("."), name
+        text = summary(_load(target))
+        assert text.endswith((".", ")")), f"{name}: {text!r} is cut"
+    with pytest.raises(SystemExit):
+        main(["merge-weights", "--help"])
+    out = capsys.readouterr().out
+    assert "optionally only some layers or module kinds." in " ".join(out.split())
+
+
+def test_fit_help_starts_with_lsmerge_summary(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: lsmerge fit --config") and "lsmerge fit fit" not in out and "[options] fit" not in out
+    head = " ".join(out.split("Transformer beta-VAE")[0].split())
+    assert "weight VAE" in head and "configs/vae/tiny.yaml" in head and "--ckpt_path" in head and "--overwrite true" in head
+    assert out.index("  --model.latent_dim") < out.index("  --data.") < out.index("  --trainer.accelerator")
+
+
+def test_unknown_expert_name_points_at_make_experts(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["inspect", "--model", "smollm2-135m-expert"])
+    assert "scripts/make_experts.py" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["inspect", "--model", "some-model"])
+    assert "lsmerge fetch" in capsys.readouterr().err

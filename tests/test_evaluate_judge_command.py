@@ -70,7 +70,7 @@ def test_cli_errors_before_writing(judge_model, sets, tmp_path, capsys):
     out = tmp_path / "out" / "j.json"
     cases = [
         (["--responses_a", str(tmp_path / "none.jsonl"), "--responses_b", str(sets[1]), "--model", str(path)], "does not exist"),
-        (["--responses_a", str(sets[0]), "--responses_b", str(sets[1]), "--model", str(tmp_path / "nope")], "does not exist"),
+        (["--responses_a", str(sets[0]), "--responses_b", str(sets[1]), "--model", str(tmp_path / "nope")], "unknown model"),
         (["--responses_a", str(sets[0]), "--responses_b", str(sets[1])], "needs --model"),
     ]
     for args, message in cases:

@@ -123,7 +123,7 @@ def _bad_cases(tiny_models, text_file, tmp_path):
     make_tiny_llama(no_tok)
     model, text = str(tiny_models[0]), str(text_file)
     return [
-        (dict(models=[str(tmp_path / "missing")], texts=[text]), "does not exist"),
+        (dict(models=[str(tmp_path / "missing")], texts=[text]), "unknown model .*no such folder"),
         (dict(models=[model], texts=[str(tmp_path / "nope.txt")]), "does not exist"),
         (dict(models=[model], texts=[str(empty)]), "empty"),
         (dict(models=[model], corpora=["python"], root=str(tmp_path / "r")), "lsmerge fetch"),
@@ -194,3 +194,13 @@ def test_results_are_written_both_or_neither(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_results([row], {}, tmp_path / "out" / "ppl")
     assert not (tmp_path / "out").exists()  # no json without its csv, no folder made for them
+
+
+def test_models_are_taken_by_name_as_merge_takes_them(tiny_models, text_file, tmp_path, monkeypatch):
+    """A name under checkpoints/base/ resolves through io.hf.resolve_model, as in merge / merge-weights."""
+    (tmp_path / "checkpoints" / "base").mkdir(parents=True)
+    shutil.copytree(tiny_models[0], tmp_path / "checkpoints" / "base" / "llama-a")
+    monkeypatch.chdir(tmp_path)
+    by_name = evaluate(models=["llama-a"], texts=[str(text_file)], max_tokens=40)
+    by_path = evaluate(models=[str(tiny_models[0])], texts=[str(text_file)], max_tokens=40)
+    assert by_name[0].perplexity == by_path[0].perplexity

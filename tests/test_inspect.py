@@ -44,4 +44,4 @@ def test_inspect_bad_input_is_one_clear_error(tmp_path, capsys):
         main(["inspect", "--model", str(tmp_path / "missing")])
     assert e.value.code == 1
     err = capsys.readouterr().err
-    assert "does not exist" in err and "Traceback" not in err
+    assert "unknown model" in err and "Traceback" not in err

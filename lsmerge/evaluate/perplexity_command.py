@@ -22,7 +22,7 @@ from lsmerge.data.corpora import Split, corpus_path
 from lsmerge.errors import LsMergeError
 from lsmerge.evaluate.perplexity import PerplexityResult, check_window, encode_text, perplexity_of_ids
 from lsmerge.io.atomic import atomic_paths
-from lsmerge.io.hf import TOKENIZER_FILES, load_causal_lm, load_tokenizer
+from lsmerge.io.hf import TOKENIZER_FILES, load_causal_lm, load_tokenizer, resolve_model
 from lsmerge.io.store import open_checkpoint
 from lsmerge.io.text import EncodingErrors, read_text
 from lsmerge.torch_options import DtypeName, resolve_device, resolve_dtype
@@ -134,7 +134,8 @@ def evaluate(
     table of perplexities.
 
     Args:
-        models: Hugging Face checkpoint folders (weights, config.json and tokenizer files).
+        models: Hugging Face checkpoint folders (weights, config.json and tokenizer files) or names under
+            checkpoints/base/ or checkpoints/merged/ (e.g. smollm2-135m-instruct), as merge takes them.
         texts: plain-text files (UTF-8).
         corpora: prepared corpus names (e.g. shakespeare, python), read from
             <root>/corpora/<name>/<split>.txt (made by `lsmerge fetch`).
@@ -168,7 +169,7 @@ def evaluate(
         raise LsMergeError(f"max_tokens={max_tokens} must be at least 1 (or left unset to score whole texts).")
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
-    model_paths = [Path(m).expanduser().resolve() for m in models]
+    model_paths = [resolve_model(m) for m in models]  # folders, names under checkpoints/, tiny:DIR
     for p in model_paths:
         _check_model_dir(p)
     text_paths: list[Path] = []

@@ -235,8 +235,8 @@ def sweep(
     """Perplexity and representation metrics of hidden-state mixing over layers x ratios x operators.
 
     Args:
-        base: base model checkpoint folder.
-        fine_tuned: fine-tuned checkpoint folders (one for lerp / slerp; mean averages all).
+        base: base model checkpoint folder or name under checkpoints/base/ (as merge takes them).
+        fine_tuned: fine-tuned checkpoint folders or names (one for lerp / slerp; mean averages all).
         text: held-out plain-text file.
         output_dir: folder for sweep.csv and sweep_heatmap.png.
         layers: mix layers (residual-stream indices 0..N); default: every 4th layer from 0 to N.
@@ -251,7 +251,7 @@ def sweep(
         encoding_errors: strict (a text that is not UTF-8 is an error) or replace (bad bytes become U+FFFD).
         progress: a progress bar on stderr (one step per model pass over a segment of windows).
     """
-    from lsmerge.io.hf import load_causal_lm, load_tokenizer
+    from lsmerge.io.hf import load_causal_lm, load_tokenizer, resolve_model
 
     choices = operator_names("one", "many")
     bad = [op for op in operators if op not in choices]
@@ -268,6 +268,8 @@ def sweep(
     png_path = os.path.join(output_dir, "sweep_heatmap.png")
     if not overwrite and any(os.path.exists(p) for p in (csv_path, png_path)):
         raise LsMergeError(f"{output_dir} already holds sweep results; choose another output_dir or set overwrite: true")
+    base = str(resolve_model(base))  # folders, names under checkpoints/, tiny:DIR
+    fine_tuned = [str(resolve_model(p)) for p in fine_tuned]
     tokenizer = load_tokenizer(base)
     base_model = load_causal_lm(base, dtype, device)
     sources = [load_causal_lm(p, dtype, device) for p in fine_tuned]

@@ -3,7 +3,8 @@ tokenizer (safetensors only, no remote code), name an output folder.
 
 A model reference is a folder path, a name under `checkpoints/base/` or `checkpoints/merged/`
 (or beside a recipe file), or `tiny[@SEED]:DIR`, the tiny random Llama of `lsmerge.io.tiny`
-created in DIR on first use.
+created in DIR on first use. An existing file is returned as it is, so the reader of the command
+names what is wrong with it (a GGUF, a pickle).
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ _TINY = re.compile(r"tiny(?:@(?P<seed>\d+))?:(?P<dir>.+)")
 
 
 def resolve_model(ref: str | os.PathLike, extra_root: Path | None = None) -> Path:
-    """The checkpoint folder of a model reference (see module doc), resolved; LsMergeError if none."""
+    """The checkpoint folder of a model reference (see module doc), resolved; LsMergeError if none,
+    naming the command that makes it (`lsmerge fetch`, `scripts/make_experts.py` for `*-expert*`)."""
     text = str(ref)
     tiny = _TINY.fullmatch(text)
     if tiny is not None:
         from lsmerge.io.tiny import make_tiny_llama
 
         return make_tiny_llama(tiny["dir"], seed=int(tiny["seed"] or 0))
-    candidates = [Path(text).expanduser()] + [Path(r) / text for r in MODEL_ROOTS]
+    given = Path(text).expanduser()
+    if given.is_file():  # the reader of the command names what is wrong with it (GGUF, pickle, ...)
+        return given.resolve()
+    candidates = [given] + [Path(r) / text for r in MODEL_ROOTS]
     if extra_root is not None:
         candidates.append(extra_root / text)
     for c in candidates:
@@ -39,8 +44,20 @@ def resolve_model(ref: str | os.PathLike, extra_root: Path | None = None) -> Pat
     avail = sorted(p.name for r in MODEL_ROOTS if Path(r).is_dir() for p in Path(r).iterdir() if p.is_dir())
     raise LsMergeError(
         f"unknown model {text!r}: no such folder (also looked in {', '.join(MODEL_ROOTS)}). "
-        + (f"Available: {', '.join(avail)}." if avail else "Fetch or convert one first (lsmerge fetch / import-gguf).")
+        + (f"Available: {', '.join(avail)}. " if avail else "")
+        + _how_to_make(text)
     )
+
+
+def _how_to_make(ref: str) -> str:
+    """The command that makes a missing model: the experts script for `*-expert*` names, else fetch."""
+    name = Path(ref).name
+    if "-expert" in name:
+        return (f"{name!r} is a fine-tuned expert: make it with `python scripts/make_experts.py` (LoRA experts of "
+                "SmolLM2-135M-Instruct, merged into checkpoints/base/smollm2-135m-expert and -expert2; needs "
+                "`lsmerge fetch` first).")
+    return ("Fetch the base models with `lsmerge fetch` (smollm2-135m-instruct, gemma-3-270m), convert a GGUF with "
+            "`lsmerge import-gguf`, make the experts with `python scripts/make_experts.py`, or give a checkpoint folder.")
 
 
 def resolve_models(refs: list[str] | None, hint: str = "") -> list[Path]:

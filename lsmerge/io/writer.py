@@ -26,6 +26,7 @@ from typing import Iterable
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.card import CARD_NAME, model_card
 from lsmerge.io.atomic import make_dirs, name_target, note_aborted, remove_empty_dirs
 from lsmerge.io.provenance import input_digests
 from lsmerge.io.store import SAFETENSORS_INDEX, SIDE_FILES
@@ -167,6 +168,7 @@ class CheckpointWriter:
         config: the command's resolved configuration, stored as JSON provenance in each shard
             (`lsmerge_config`); it must not name the output path, so the bytes do not depend on it.
             The sha256 of every weight file and config of each input goes beside it (`lsmerge_inputs`).
+            When it names its `command`, a model card `README.md` (io.card) is written into the folder too.
         dtype: cast floating-point tensors to this dtype on write (None keeps each tensor's dtype).
         header_reserve: bytes reserved for each shard's JSON header.
         nonfinite_hint: what to tell the user when an output tensor holds NaN / Inf (the command's fix).
@@ -198,8 +200,11 @@ class CheckpointWriter:
         self.metadata = {"format": "pt", "lsmerge_version": __version__}
         if config is not None:
             self.metadata["lsmerge_config"] = json.dumps(config, sort_keys=True, default=str)
+        self.digests = input_digests(inputs) if inputs else []
         if inputs:
-            self.metadata["lsmerge_inputs"] = json.dumps(input_digests(inputs), sort_keys=True)
+            self.metadata["lsmerge_inputs"] = json.dumps(self.digests, sort_keys=True)
+        # a command's output (its provenance names the command) gets a model card, README.md
+        self.card = model_card(config, self.digests, __version__) if config and "command" in config else None
         self.tmp = self.out.parent / f".{self.out.name}{_TMP_MARK}{os.getpid()}"
         self._shards: list[_Shard] = []
         self._names: set[str] = set()
@@ -290,6 +295,8 @@ class CheckpointWriter:
                 for fname in SIDE_FILES:
                     if (self.source / fname).exists():
                         shutil.copyfile(self.source / fname, self.tmp / fname)
+            if self.card is not None:  # inside the temporary folder: atomic with the weights
+                (self.tmp / CARD_NAME).write_text(self.card, encoding="utf-8")
             self._move_into_place()
         except BaseException:
             self.abort()

@@ -18,7 +18,7 @@ from lsmerge.evaluate.judge.responses import Pair, pair_responses, read_response
 from lsmerge.evaluate.judge.stats import format_summary, summarize
 from lsmerge.evaluate.judge.verdicts import Judge, combine, winner_in_order
 from lsmerge.io.atomic import write_text_atomic
-from lsmerge.io.hf import load_causal_lm, load_tokenizer
+from lsmerge.io.hf import load_causal_lm, load_tokenizer, resolve_model
 from lsmerge.io.provenance import redact_url
 from lsmerge.io.text import EncodingErrors
 from lsmerge.torch_options import DtypeName
@@ -79,7 +79,8 @@ def judge(
         responses_b: JSONL response set B over the same prompts.
         judge: local (a Hugging Face causal LM scored by verdict-token log-probabilities) or
             endpoint (an OpenAI-compatible chat-completions server).
-        model: local: the judge checkpoint folder; endpoint: the model name sent to the server.
+        model: local: the judge checkpoint folder or a name under checkpoints/base/ (e.g.
+            smollm2-135m-instruct); endpoint: the model name sent to the server.
         base_url: endpoint API root, e.g. http://127.0.0.1:8000/v1; default: the
             LSMERGE_JUDGE_BASE_URL environment variable. There is no built-in URL. The API key is
             read only from LSMERGE_JUDGE_API_KEY and never written; a URL with user:password@ is
@@ -125,10 +126,9 @@ def judge(
         judge_impl: Judge = EndpointJudge(url, key, model, timeout=timeout, retries=retries, max_tokens=max_tokens)
         settings.update(base_url=redact_url(url), max_tokens=max_tokens, temperature=0)
     else:
-        if not Path(model).is_dir():
-            raise LsMergeError(f"judge model folder {model} does not exist; run `lsmerge fetch` or give a checkpoint folder.")
-        tokenizer = load_tokenizer(model)
-        judge_impl = LocalJudge(load_causal_lm(model, dtype, device), tokenizer, batch_size=batch_size,
+        model_path = resolve_model(model)  # a folder or a name under checkpoints/base/ (lsmerge fetch)
+        tokenizer = load_tokenizer(model_path)
+        judge_impl = LocalJudge(load_causal_lm(model_path, dtype, device), tokenizer, batch_size=batch_size,
                                 tie_margin=tie_margin, chat_template=chat_template, name=f"local {Path(model).name}")  # fmt: skip
         settings.update(tie_margin=tie_margin, chat_template=judge_impl.use_chat, dtype=dtype)
 

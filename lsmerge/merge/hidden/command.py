@@ -16,7 +16,7 @@ import torch
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.atomic import atomic_path
-from lsmerge.io.hf import load_causal_lm, load_tokenizer
+from lsmerge.io.hf import load_causal_lm, load_tokenizer, resolve_model
 from lsmerge.io.text import EncodingErrors
 from lsmerge.merge.hidden.base import OPERATORS, TokenMode, operator_names
 from lsmerge.merge.hidden.generation import DualModelGenerator
@@ -56,9 +56,9 @@ def generate(
     """Generate with hidden-state mixing (LERP / SLERP / mean) or task-vector steering.
 
     Args:
-        base: base model checkpoint folder (its tokenizer and LM head are used).
+        base: base model checkpoint folder or name under checkpoints/base/ (its tokenizer and LM head are used).
         prompts: a prompt file (.txt one per line, .jsonl with "prompt" or "messages") or a list.
-        fine_tuned: fine-tuned checkpoint folders (one for lerp / slerp, one or more for mean, none for steer).
+        fine_tuned: fine-tuned checkpoint folders or names (one for lerp / slerp, one or more for mean, none for steer).
         operator: lerp | slerp | mean | steer, or null for the plain base model.
         mix_layer: residual-stream index 0..N (L = input of decoder layer L; N = last layer output).
         beta: mixing ratio in [0, 1] (0 = base, 1 = fine-tuned) for lerp / slerp / mean.
@@ -96,6 +96,8 @@ def generate(
             raise LsMergeError("operator steer needs steering_deltas: compute them with `lsmerge steer`")
         deltas = load_deltas(steering_deltas)
     prompt_list = read_prompts(prompts, encoding_errors)
+    base = str(resolve_model(base))  # folders, names under checkpoints/, tiny:DIR
+    fine_tuned = [str(resolve_model(p)) for p in fine_tuned]
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(base)
     base_model = load_causal_lm(base, dtype, device)

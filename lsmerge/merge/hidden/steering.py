@@ -113,8 +113,8 @@ def steer(
     """Compute steering deltas (mean of h_ft - h_base over prompt tokens, per layer) to safetensors.
 
     Args:
-        base: base model checkpoint folder.
-        fine_tuned: fine-tuned model checkpoint folder (same family as the base).
+        base: base model checkpoint folder or name under checkpoints/base/ (as merge takes them).
+        fine_tuned: fine-tuned model checkpoint folder or name (same family as the base).
         prompts: a prompt file (.txt: one per line; .jsonl: {"prompt": ...} or {"messages": [...]}) or a list of prompts.
         output: the .safetensors file to write.
         layers: residual-stream indices to compute (default: all, 0..N).
@@ -125,14 +125,15 @@ def steer(
         overwrite: replace an existing output file.
         encoding_errors: strict (a prompt file that is not UTF-8 is an error) or replace (bad bytes become U+FFFD).
     """
-    from lsmerge.io.hf import load_causal_lm, load_tokenizer
+    from lsmerge.io.hf import load_causal_lm, load_tokenizer, resolve_model
 
     if os.path.exists(output) and not overwrite:
         raise LsMergeError(f"{output} exists; choose another output or set overwrite: true")
     prompt_list = read_prompts(prompts, encoding_errors)
-    tokenizer = load_tokenizer(base)
-    base_model = load_causal_lm(base, dtype, device)
-    ft_model = load_causal_lm(fine_tuned, dtype, device)
+    base_path, ft_path = str(resolve_model(base)), str(resolve_model(fine_tuned))  # folders or names
+    tokenizer = load_tokenizer(base_path)
+    base_model = load_causal_lm(base_path, dtype, device)
+    ft_model = load_causal_lm(ft_path, dtype, device)
     layer_list = list(range(num_layers(base_model) + 1)) if layers is None else list(layers)
     ids = encode_prompts(tokenizer, prompt_list, chat_template=chat_template)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -186,3 +186,51 @@ def _merge_mergekit(config: str, out, out_root, dev, dtype, max_shard_size, over
     plan = MergePlan(meth, [stores[p] for p in model_paths], stores[method_base] if method_base else None, archmap, tasks,
                      out_path, out_dtype, dev, seed, max_shard_size, overwrite, prov, None, report)
     return _run(plan, None, progress)
+
+
+# -- the command line's view of a mergekit recipe ----------------------------------------------
+
+
+def mergekit_args(args: list[str]) -> list[str]:
+    """`--config RECIPE` naming a mergekit recipe (it has `merge_method`) -> `--mergekit_config RECIPE`,
+    so `lsmerge merge-weights --config configs/merge_weights/mergekit_slerp.yml` runs it too."""
+    import yaml
+
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        path = args[i + 1] if a == "--config" and i + 1 < len(args) else a.split("=", 1)[1] if a.startswith("--config=") else None
+        step = 2 if a == "--config" else 1
+        if path is not None and Path(path).is_file():
+            try:
+                raw = yaml.safe_load(Path(path).read_text())
+            except (yaml.YAMLError, UnicodeDecodeError):
+                raw = None
+            if isinstance(raw, dict) and "merge_method" in raw:
+                out += ["--mergekit_config", path]
+                i += step
+                continue
+        out += args[i:i + step]
+        i += step
+    return out
+
+
+def mergekit_plan(config: str) -> tuple[dict, list[str]]:
+    """What a mergekit recipe runs, in the native fields (method, models, base_model, parameters,
+    dtype), and comment lines for what they cannot hold (per-slice and per-model parameters)."""
+    from lsmerge.merge.weight.mergekit_config import read_mergekit_config
+
+    recipe = read_mergekit_config(config)
+    fields = {"method": recipe.method, "models": list(recipe.models), "base_model": recipe.base_model,
+              "parameters": recipe.parameters or None, "dtype": recipe.output_dtype}
+    notes = [f"mergekit recipe {config}: merge_method {recipe.method}, inputs in lsmerge's order {recipe.models}"
+             + (f", base_model {recipe.base_model}" if recipe.base_model else "") + "."]
+    for i, s in enumerate(recipe.slices):
+        where = f"layers [{s.start}, {s.end})" if s.start is not None else "all layers"
+        if s.parameters:
+            notes.append(f"slices[{i}] ({where}) parameters: {s.parameters}")
+        for src in s.sources:
+            if src.parameters:
+                notes.append(f"slices[{i}] ({where}) {src.model} parameters: {src.parameters}")
+    notes.append("The recipe (mergekit_config) is what runs; the fields below show it in lsmerge's terms.")
+    return fields, notes

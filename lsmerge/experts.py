@@ -227,7 +227,9 @@ def train_expert(cfg: ExpertConfig, print_fn=print) -> dict:
         step, tokens_seen, train_seconds, last_loss = state["step"], state["tokens_seen"], state["train_seconds"], state["last_loss"]
         print_fn(f"resuming at step {step} ({tokens_seen} tokens, {train_seconds / 60:.1f} min trained)")
     n_trainable = sum(p.numel() for p in params)
-    print_fn(f"LoRA r={cfg.r} alpha={cfg.alpha} dropout={cfg.dropout} on {','.join(cfg.target_modules)}: {n_trainable} trainable parameters")
+    modules = list(cfg.target_modules)
+    shown = ",".join(modules) if len(modules) <= 8 else f"{len(modules)} modules ({modules[0]}, ..., {modules[-1]})"
+    print_fn(f"LoRA r={cfg.r} alpha={cfg.alpha} dropout={cfg.dropout} on {shown}: {n_trainable} trainable parameters")
 
     def checkpoint() -> None:
         save_state(model, optimizer, {"step": step, "tokens_seen": tokens_seen, "train_seconds": train_seconds,

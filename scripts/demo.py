@@ -145,6 +145,8 @@ def main() -> None:
         print(f"- {line}")
     print(f"- the experts had {args.expert_minutes:g} minutes of CPU training each (the results plan's experts "
           f"had 30 minutes: RESULTS.md); longer --expert-minutes give stronger experts and a clearer picture.")
+    print(f"- no interval is computed here: on {args.max_tokens} tokens per corpus, merges a few % apart are not "
+          "reliably ordered (more text: --max-tokens).")
     for label, title, _ in merges:
         print(f"  {label}: {title}")
     print("\ntimes:")

@@ -8,6 +8,7 @@ VENV=${LSMERGE_VENV:-.venv}
 PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+# not -q: pip prints a line per package, so a first install is never silent for minutes
+"$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install --progress-bar off "torch==2.13.0"
+"$VENV/bin/python" -m pip install --progress-bar off -e ".[dev]"
 echo "lsmerge installed in $VENV"

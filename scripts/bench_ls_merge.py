@@ -103,7 +103,6 @@ def run_merge(a: Path, b: Path, codec: str, rank: int) -> tuple[float, int]:
 
 
 def delta_quality(expert: Path, rank: int, n_tensors: int = 6) -> dict[str, float]:
-    import torch
 
     from lsmerge.codecs.pca import PCACodec
     from lsmerge.io import open_checkpoint

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from lsmerge.merge.weight.base import MergeMethod, Param, TensorContext, boolean, density_range, finite, register, release_inputs
-from lsmerge.merge.weight.task_arithmetic import combine_deltas, task_vectors, weight_column
+from lsmerge.merge.weight.task_arithmetic import task_vectors, weight_column
 
 
 TIE_BREAKS = ("index", "mergekit")

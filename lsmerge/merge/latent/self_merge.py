@@ -7,18 +7,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from lsmerge.codecs.base import SamplingCodec, TensorLatent
 from lsmerge.merge.latent.base import MergeParams, check_convex_weights, linear_tensors, register, same_shapes
-
-
-def tensor_seed(seed: int, name: str) -> int:
-    """A 63-bit seed from the config seed and the tensor name (sha256): the same draws on any machine."""
-    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+from lsmerge.merge.weight.base import derive_seed
 
 
 def posterior_prior_mix(posterior: TensorLatent, prior_z: torch.Tensor, lam: float) -> TensorLatent:
@@ -29,7 +22,7 @@ def posterior_prior_mix(posterior: TensorLatent, prior_z: torch.Tensor, lam: flo
 
 def draw_samples(codec: SamplingCodec, name: str, weight: torch.Tensor, p: MergeParams) -> list[TensorLatent]:
     """K posterior samples of `weight`'s code (seeded by tensor), mixed with prior draws when lam > 0."""
-    torch.manual_seed(tensor_seed(p.seed, name))
+    torch.manual_seed(derive_seed(p.seed, name))  # the same draws on any machine
     draws: list[TensorLatent] = codec.sample(name, weight, p.samples, p.temperature)
     if p.lam > 0:
         std = codec.prior_std(name) if hasattr(codec, "prior_std") else torch.ones(draws[0].z.shape[1])

@@ -134,11 +134,16 @@ def get_method(name: str) -> MergeMethod:
         raise LsMergeError(f"unknown merge method {name!r}. Use one of: {', '.join(sorted(METHODS))}.") from None
 
 
-def tensor_seed(seed: int, name: str, model_index: int) -> int:
-    """A 63-bit seed derived from the config seed, the tensor name and the input's index
-    (sha256), so random methods give the same bytes for the same config on any device."""
-    digest = hashlib.sha256(f"{seed}\0{name}\0{model_index}".encode()).digest()
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from sha256 of the parts joined by NUL, the same on any machine and device."""
+    digest = hashlib.sha256("\0".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def tensor_seed(seed: int, name: str, model_index: int) -> int:
+    """The seed of one input's random mask: from the config seed, the tensor name and the input's
+    index, so random methods give the same bytes for the same config on any device."""
+    return derive_seed(seed, name, model_index)
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:

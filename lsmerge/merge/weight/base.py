@@ -79,6 +79,20 @@ class MergeMethod:
     params: ClassVar[tuple[Param, ...]] = ()
     needs_calibration: ClassVar[bool] = False
     label_param: ClassVar[str | None] = None  # the parameter shown in auto output names
+    # mergekit 0.1.5 recipes (`--mergekit_config`): the recipe parameters this method accepts with
+    # mergekit's defaults (None = required there); None for a method mergekit does not have.
+    mergekit_defaults: ClassVar[dict[str, Any] | None] = None
+    # lsmerge-only parameters pinned to mergekit's behaviour (not accepted in a recipe)
+    mergekit_fixed: ClassVar[dict[str, Any]] = {}
+    # how a recipe's sources become the method's inputs: "all" (every source, then base_model if
+    # not among them), "base_first" ([base_model, the one other source]), "others" (the sources
+    # except base_model; task vectors are taken against it)
+    mergekit_inputs: ClassVar[str] = "others"
+
+    def check_mergekit_params(self, block: dict, where: str) -> str | None:
+        """A reason to refuse a recipe's parameter block (override where mergekit's meaning
+        differs from ours), or None."""
+        return None
 
     def param(self, name: str) -> Param:
         for p in self.params:

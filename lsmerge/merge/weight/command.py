@@ -177,7 +177,7 @@ def _merge_mergekit(config: str, out, out_root, dev, dtype, max_shard_size, over
     tasks, report = build_tasks(meth, [stores[p] for p in model_paths], stores[method_base] if method_base else None,
                                 archmap, resolver, Selection(), allow_vocab_mismatch=False)
     out_dtype = resolve_dtype(dtype or recipe.output_dtype)
-    if recipe.dtype in ("bfloat16", "float16") and recipe.method in ("task_arithmetic", "ties", "dare_linear", "dare_ties"):
+    if recipe.dtype in ("bfloat16", "float16") and meth.base == "required":
         report.append(f"note: mergekit does {recipe.method} arithmetic in {recipe.dtype}; lsmerge computes in float32 and rounds once to the output dtype")
     if out is None:
         out = str(Path(out_root) / auto_name(model_paths, recipe.method, "_mergekit-" + Path(config).stem, None, None))

@@ -88,6 +88,7 @@ class _Dare(MergeMethod):
     base = "required"
     consensus: bool = False
     label_param = "density"
+    mergekit_defaults = {"weight": None, "density": 1.0, "normalize": False, "lambda": 1.0, "rescale": "l1"}
 
     def merge(self, tensors, base, params, ctx: TensorContext) -> torch.Tensor:
         seeds = [tensor_seed(ctx.seed, ctx.name, i) for i in range(len(tensors))]

@@ -44,6 +44,8 @@ class Linear(MergeMethod):
         Param("normalize", True, check=boolean, doc="divide by the sum of the weights"),
     )
     label_param = "weight"
+    mergekit_defaults = {"weight": None, "normalize": True}
+    mergekit_inputs = "all"
 
     def check_combination(self, values: dict, where: str) -> None:
         if values["normalize"] and sum(values["weight"]) <= 0:

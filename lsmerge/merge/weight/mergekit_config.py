@@ -28,21 +28,14 @@ import yaml
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import TensorRole
-from lsmerge.merge.weight.base import MergeMethod, get_method
+from lsmerge.merge.weight.base import METHODS, MergeMethod, get_method
 
-SHARED_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
-TASK_METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
-# mergekit 0.1.5 defaults where they differ from lsmerge's native ones; None = required there.
-_MK_DEFAULTS = {
-    "linear": {"weight": None, "normalize": True},
-    "slerp": {"t": None},
-    "task_arithmetic": {"weight": None, "normalize": False, "lambda": 1.0},
-    "ties": {"weight": None, "density": 1.0, "normalize": True, "lambda": 1.0},
-    "dare_linear": {"weight": None, "density": 1.0, "normalize": False, "lambda": 1.0, "rescale": "l1"},
-    "dare_ties": {"weight": None, "density": 1.0, "normalize": False, "lambda": 1.0, "rescale": "l1"},
-}
-# lsmerge-only parameters pinned to mergekit's behaviour (not accepted in a recipe).
-_MK_FIXED = {"ties": {"tie_break": "mergekit"}}
+
+def shared_methods() -> list[str]:
+    """Registered methods that mergekit 0.1.5 also has (their `mergekit_defaults` is set)."""
+    return sorted(n for n, m in METHODS.items() if m.mergekit_defaults is not None)
+
+
 _IGNORED = {"int8_mask"}  # changes only the dtype of an internal mask, never a value
 _TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "name"}
 
@@ -96,12 +89,14 @@ def _params(block: Any, where: str, method: str) -> dict:
         return {}
     if not isinstance(block, dict):
         raise _refuse(f"{where}.parameters must be a mapping.")
-    known = set(_MK_DEFAULTS[method]) | _IGNORED
+    meth = METHODS[method]
+    known = set(meth.mergekit_defaults) | _IGNORED
     for k in block:
         if k not in known:
             raise _refuse(f"{where}: parameter {k!r} is not supported for {method} (supported: {sorted(known)}).")
-    if method == "ties" and "rescale" in block:
-        raise _refuse(f"{where}: 'rescale' with ties (L1-rescaled magnitude pruning) is not implemented.")
+    problem = meth.check_mergekit_params(block, where)
+    if problem:
+        raise _refuse(problem)
     return dict(block)
 
 
@@ -125,8 +120,9 @@ def read_mergekit_config(path: str | Path) -> MergekitRecipe:
             }.get(key, f"key {key!r} is not supported.")
             raise _refuse(reason)
     method = raw.get("merge_method")
-    if method not in SHARED_METHODS:
-        raise _refuse(f"merge_method {method!r} is not one lsmerge shares with mergekit ({', '.join(SHARED_METHODS)}).")
+    if method not in shared_methods():
+        raise _refuse(f"merge_method {method!r} is not one lsmerge shares with mergekit ({', '.join(shared_methods())}).")
+    inputs = METHODS[method].mergekit_inputs
     base = _model_ref(raw["base_model"], "base_model") if raw.get("base_model") else None
     ts = raw.get("tokenizer_source")
     if ts not in (None, "base") and not (base and ts == base):
@@ -161,13 +157,13 @@ def read_mergekit_config(path: str | Path) -> MergekitRecipe:
     names = [x.model for x in slices[0].sources]
     if len(set(names)) != len(names):
         raise _refuse(f"a model is listed twice among the sources {names}.")
-    if method == "linear":
+    if inputs == "all":
         models = names + ([base] if base and base not in names else [])
     else:
         if not base:
             raise _refuse(f"{method} needs base_model.")
         others = [n for n in names if n != base]
-        if method == "slerp":
+        if inputs == "base_first":
             if len(others) != 1:
                 raise _refuse(f"slerp merges the base with exactly one other model; got {others}.")
             models = [base, others[0]]
@@ -223,7 +219,7 @@ class MergekitParameters:
     def __init__(self, recipe: MergekitRecipe, num_layers: int):
         self.recipe = recipe
         self.method: MergeMethod = get_method(recipe.method)
-        self.defaults = {**_MK_DEFAULTS[recipe.method], **_MK_FIXED.get(recipe.method, {})}
+        self.defaults = {**self.method.mergekit_defaults, **self.method.mergekit_fixed}
         self.slices = []
         for s in recipe.slices:
             start, end = (0, num_layers) if s.start is None else (s.start, s.end)

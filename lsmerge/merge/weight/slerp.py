@@ -82,6 +82,8 @@ class Slerp(MergeMethod):
     name = "slerp"
     min_models = 2
     max_models = 2
+    mergekit_defaults = {"t": None}
+    mergekit_inputs = "base_first"
     params = (Param("t", 0.5, check=in_unit_interval, doc="0 gives the first model, 1 the second; a list is a schedule over depth"),)
     label_param = "t"
 

@@ -63,6 +63,7 @@ class TaskArithmetic(MergeMethod):
         Param("normalize", False, check=boolean, doc="divide by the sum of the weights"),
     )
     label_param = "lambda"
+    mergekit_defaults = {"weight": None, "normalize": False, "lambda": 1.0}
 
     def merge(self, tensors, base, params, ctx: TensorContext) -> torch.Tensor:
         return task_arithmetic(base, tensors, params["weight"], params["lambda"], params["normalize"])

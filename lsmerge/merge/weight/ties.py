@@ -217,6 +217,13 @@ class Ties(MergeMethod):
                   "deterministic); 'mergekit' keeps mergekit's choice (a full sort; mergekit recipes use it)"),
     )
     label_param = "density"
+    mergekit_defaults = {"weight": None, "density": 1.0, "normalize": True, "lambda": 1.0}
+    mergekit_fixed = {"tie_break": "mergekit"}
+
+    def check_mergekit_params(self, block: dict, where: str) -> str | None:
+        if "rescale" in block:
+            return f"{where}: 'rescale' with ties (L1-rescaled magnitude pruning) is not implemented."
+        return None
 
     def merge(self, tensors, base, params, ctx: TensorContext) -> torch.Tensor:
         deltas = task_vectors(base, tensors)

@@ -139,7 +139,7 @@ def test_pipeline_end_to_end_and_cached(world, tmp_path):
     assert "configs/merge_weights/ties.yaml" in text and "{vae:r2}" in text
     # the experts section: a summary column, sorted by it, every other row's interval against its reference
     experts = text[text.index("## 3. Experts"):text.index("## 4. Heterogeneous")]
-    rows = [line for line in experts.splitlines() if line.startswith("| ") and not line.startswith("| row |")]
+    rows = [line for line in experts.splitlines() if line.startswith("| ") and not line.startswith(("| row |", "| ---"))]
     summaries = [float(line.split(" | ")[3].split(" [")[0]) for line in rows]
     assert "summary [95 %]" in experts and summaries == sorted(summaries)
     assert len(rows) == sum(r["group"] == "experts" for r in _plan(root, paths)["rows"])
@@ -162,6 +162,28 @@ def test_pipeline_end_to_end_and_cached(world, tmp_path):
     Runner(load_plan(plan_path), say=said.append).run()
     work = [s for s in said if not s.startswith("  ")]  # "  group / row: perplexities" lines report
     assert work == [] and len(said) == len(_plan(root, paths)["rows"]), said
+
+
+def test_shipped_plan_has_control_rows_and_the_evaluation_settings():
+    """Every section of the shipped plan has its inputs as they are; every curve and hidden-state mix its
+    zero point; every section with codec rows an encode-decode without merging; enough test tokens."""
+    plan = load_plan("configs/results/smollm2.yaml")
+    assert plan.eval["max_tokens"] >= 16384 and set(plan.domain_experts) == set(plan.eval["corpora"])
+    assert set(plan.references) == set(plan.groups)
+    for group in plan.groups:
+        rows = [r for r in plan.rows if r.group == group]
+        assert any(r.control == "input" for r in rows), group
+        if any(r.command in ("merge", "export") for r in rows):
+            assert any(r.control == "codec" for r in rows), group
+        if any(r.hidden for r in rows):
+            for op in {r.hidden["operator"] for r in rows if r.hidden}:
+                assert any(r.hidden and r.hidden["operator"] == op and r.hidden["beta"] == 0 and r.control == "zero" for r in rows)
+        for curve in {r.curve for r in rows if r.curve}:
+            assert any(r.curve == curve and r.x == 0 and r.control == "zero" for r in rows), curve
+        if any(r.command == "merge" and "lam" in r.args and r.args["lam"] > 0 for r in rows):
+            assert any(r.command == "merge" and r.args.get("lam") == 0 and r.control == "zero" for r in rows), group
+    for name in plan.domain_experts.values():
+        assert plan.row(name).control == "input"
 
 
 def test_derived_fit_config_and_ratio():

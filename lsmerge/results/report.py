@@ -1,4 +1,6 @@
-"""RESULTS.md and the interpolation-curve plot from a run's records (pure formatting)."""
+"""RESULTS.md and the interpolation-curve plot from a run's records: every section's table with each
+row's paired interval against the section's reference and, where the section holds every corpus's
+own expert, the summary number (`comparisons`); what the numbers show, worded from the intervals only."""
 
 from __future__ import annotations
 

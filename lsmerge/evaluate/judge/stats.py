@@ -5,6 +5,10 @@ confidence level c uses z = Phi^-1(1/2 + c/2), the normal quantile:
 
     centre = (s + z^2 / 2n) / (1 + z^2 / n)
     half   = z / (1 + z^2 / n) * sqrt(s (1 - s) / n + z^2 / 4n^2)
+
+A judge whose winner changed with the answer order on more than half of the pairs (position flips
+> n / 2) says more about positions than about answers: the summary marks it `position_biased`, and
+it is reported as "position-biased judge: no verdict" instead of its ties.
 """
 
 from __future__ import annotations

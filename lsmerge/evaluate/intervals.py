@@ -31,6 +31,7 @@ R are paired too). Pure tensor functions; no model is touched.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -114,7 +115,8 @@ def percentile_interval(estimate: float, replicates: torch.Tensor, confidence: f
     return Interval(float(estimate), low, high, confidence)
 
 
-def _check_paired(row: WindowScores, ref: WindowScores, what: str = "") -> None:
+def check_paired(row: WindowScores, ref: WindowScores, what: str = "") -> None:
+    """Raise LsMergeError unless both were scored on the same windows (count and tokens per window)."""
     if row.windows != ref.windows or not torch.equal(row.tokens, ref.tokens):
         raise LsMergeError(
             f"paired intervals need the same windows for both models{what}: got {row.windows} and {ref.windows} windows "
@@ -122,10 +124,29 @@ def _check_paired(row: WindowScores, ref: WindowScores, what: str = "") -> None:
         )
 
 
-def difference_replicates(row: WindowScores, ref: WindowScores, idx: torch.Tensor) -> torch.Tensor:
-    """(B,) d_b = L_row(I_b) - L_ref(I_b): log perplexity ratios on shared resamples."""
-    _check_paired(row, ref)
-    return resampled_mean_nll(row, idx) - resampled_mean_nll(ref, idx)
+@dataclass(frozen=True)
+class Replicates:
+    """L on all windows (`estimate`) and L(I_b) on each resample (`values`, (B,)), for one model and text."""
+
+    estimate: float
+    values: torch.Tensor
+    tokens: torch.Tensor  # (W,) the windows' token counts, to check pairing
+
+    @classmethod
+    def of(cls, scores: WindowScores, idx: torch.Tensor) -> "Replicates":
+        return cls(scores.mean_nll(), resampled_mean_nll(scores, idx), scores.tokens)
+
+
+def _check_replicates(a: Replicates, b: Replicates, what: str = "") -> None:
+    if a.values.shape != b.values.shape or not torch.equal(a.tokens, b.tokens):
+        raise LsMergeError(f"paired intervals need the same windows and resamples for both models{what}; score both with the "
+                           "same tokenizer, text, max_tokens, max_length and stride.")  # fmt: skip
+
+
+def difference(row: Replicates, ref: Replicates, confidence: float = 0.95) -> Interval:
+    """Interval of L_row - L_ref from replicates on shared resamples."""
+    _check_replicates(row, ref)
+    return percentile_interval(row.estimate - ref.estimate, row.values - ref.values, confidence)
 
 
 def paired_difference(row: WindowScores, ref: WindowScores, *, resamples: int = 2000, seed: int = 0,
@@ -135,9 +156,34 @@ def paired_difference(row: WindowScores, ref: WindowScores, *, resamples: int = 
     Raises LsMergeError on zero windows or when the two were not scored on the same windows.
     """
     check_bootstrap(row.windows, resamples, confidence)
-    _check_paired(row, ref)
+    check_paired(row, ref)
     idx = resample_indices(row.windows, resamples, seed)
-    return percentile_interval(row.mean_nll() - ref.mean_nll(), difference_replicates(row, ref, idx), confidence)
+    return difference(Replicates.of(row, idx), Replicates.of(ref, idx), confidence)
+
+
+def domain_replicates(scores: dict[str, WindowScores], *, resamples: int = 2000, seed: int = 0) -> dict[str, Replicates]:
+    """Replicates per domain on the resamples `resample_indices(W_d, resamples, domain_seed(seed, d))`:
+    the same for every model scored on the same windows, so any two are paired."""
+    out = {}
+    for domain, s in scores.items():
+        check_bootstrap(s.windows, resamples, 0.5)
+        out[domain] = Replicates.of(s, resample_indices(s.windows, resamples, domain_seed(seed, domain)))
+    return out
+
+
+def relative(row: dict[str, Replicates], experts: dict[str, Replicates]) -> tuple[float, torch.Tensor]:
+    """R = mean over domains of exp(L_row,d - L_expert,d) and its (B,) replicates."""
+    if not experts:
+        raise LsMergeError("the summary over domains needs at least one domain with its own expert.")
+    missing = sorted(set(experts) - set(row))
+    if missing:
+        raise LsMergeError(f"the row has no scores on domain(s) {missing}; score every domain of the summary.")
+    estimate, values = 0.0, 0.0
+    for domain, expert in experts.items():
+        _check_replicates(row[domain], expert, f" on {domain}")
+        estimate += math.exp(row[domain].estimate - expert.estimate)
+        values = values + torch.exp(row[domain].values - expert.values)
+    return estimate / len(experts), values / len(experts)
 
 
 def relative_to_experts(row: dict[str, WindowScores], experts: dict[str, WindowScores], *, resamples: int = 2000,
@@ -153,14 +199,10 @@ def relative_to_experts(row: dict[str, WindowScores], experts: dict[str, WindowS
     missing = sorted(set(experts) - set(row))
     if missing:
         raise LsMergeError(f"the row has no scores on domain(s) {missing}; score every domain of the summary.")
-    estimate, replicates = 0.0, torch.zeros(resamples, dtype=torch.float64)
     for domain, expert in experts.items():
-        check_bootstrap(expert.windows, resamples, 0.5)
-        _check_paired(row[domain], expert, f" on {domain}")
-        idx = resample_indices(expert.windows, resamples, domain_seed(seed, domain))
-        estimate += torch.exp(torch.tensor(row[domain].mean_nll() - expert.mean_nll())).item()
-        replicates += torch.exp(difference_replicates(row[domain], expert, idx))
-    return estimate / len(experts), replicates / len(experts)
+        check_paired(row[domain], expert, f" on {domain}")
+    kw = {"resamples": resamples, "seed": seed}
+    return relative(domain_replicates({d: row[d] for d in experts}, **kw), domain_replicates(experts, **kw))
 
 
 def summary_interval(row: dict[str, WindowScores], experts: dict[str, WindowScores], *, resamples: int = 2000,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lsmerge.evaluate.intervals import Interval, WindowScores, paired_difference, summary_difference, summary_interval
+from lsmerge.evaluate.intervals import Interval, WindowScores, difference, domain_replicates, percentile_interval, relative
 from lsmerge.results.plan import BEST_WEIGHT_SPACE, DEFAULT_BOOTSTRAP, Plan
 
 
@@ -63,21 +63,26 @@ def choose_reference(plan: Plan, group: str, records: list[dict], corpora: list[
 
 
 def compare_section(plan: Plan, group: str, records: list[dict], corpora: list[str], seed: int = 0) -> SectionComparison:
-    """Reference, paired intervals and (where the section holds every own expert) the summary of one section."""
+    """Reference, paired intervals and (where the section holds every own expert) the summary of one section.
+
+    Each row's resampled mean NLLs are computed once per corpus on resamples shared by every row
+    (`intervals.domain_replicates`); every interval is then a difference of those replicates."""
     boot = {**DEFAULT_BOOTSTRAP, **plan.bootstrap}
-    kw = {"resamples": boot["resamples"], "confidence": boot["confidence"], "seed": seed}
+    conf = boot["confidence"]
+    reps = {r["row"].name: domain_replicates(_by_domain(r, corpora), resamples=boot["resamples"], seed=seed) for r in records}
     names = {r["row"].name: r for r in records}
     summary: dict[str, Interval] = {}
-    experts = None
+    relatives = {}
     if plan.domain_experts and all(name in names for name in plan.domain_experts.values()):
-        experts = {c: window_scores(names[plan.domain_experts[c]], c) for c in corpora}
-        summary = {r["row"].name: summary_interval(_by_domain(r, corpora), experts, **kw) for r in records}
+        experts = {c: reps[plan.domain_experts[c]][c] for c in corpora}
+        relatives = {name: relative(rep, experts) for name, rep in reps.items()}
+        summary = {name: percentile_interval(est, values, conf) for name, (est, values) in relatives.items()}
         records = sorted(records, key=lambda r: summary[r["row"].name].estimate)
     ref = choose_reference(plan, group, records, corpora, summary)
-    cells = {r["row"].name: {c: paired_difference(window_scores(r, c), window_scores(ref, c), **kw) for c in corpora}
-             for r in records}  # fmt: skip
+    ref_name = ref["row"].name
+    cells = {name: {c: difference(rep[c], reps[ref_name][c], conf) for c in corpora} for name, rep in reps.items()}
     vs_ref = {}
-    if experts is not None:
-        ref_domains = _by_domain(ref, corpora)
-        vs_ref = {r["row"].name: summary_difference(_by_domain(r, corpora), ref_domains, experts, **kw) for r in records}
+    if relatives:
+        r_ref, v_ref = relatives[ref_name]
+        vs_ref = {name: percentile_interval(est - r_ref, values - v_ref, conf) for name, (est, values) in relatives.items()}
     return SectionComparison(records, ref, cells, summary, vs_ref)

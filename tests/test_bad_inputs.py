@@ -256,6 +256,11 @@ ROWS = [
      f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"], "config.json"),
     ("fit-bad-kind", lambda b, o: ["fit", "--config", "configs/vae/tiny.yaml", f"--data.checkpoints=[{b.w.e1}]",
      "--data.kinds=[norm_x]", f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"], "norm_x"),
+    # -- evaluate: token counts and intervals against a reference ---------------------------------
+    ("eval-min-tokens", lambda b, o: ["evaluate", "--models", f"[{b.w.base}]", "--texts", f"[{b.w.text}]", "--min_tokens", "100000",
+     "--out", o], "are needed (--min_tokens)"),
+    ("eval-reference-resamples", lambda b, o: ["evaluate", "--models", f"[{b.w.e1}]", "--texts", f"[{b.w.text}]", "--reference",
+     str(b.w.base), "--resamples", "0", "--out", o], "resamples=0"),
 ]
 
 

@@ -226,3 +226,19 @@ def test_bad_plans_are_refused_before_any_work(world, tmp_path, change, message)
     with pytest.raises(LsMergeError, match=message.replace("[", r"\[").replace("]", r"\]").replace("{", r"\{").replace("}", r"\}")):
         Runner(load_plan(path), say=lambda s: None).run()  # a corpus too small for min_tokens: after prepare, before any row
     assert not (tmp_path / "never").exists()
+
+
+def test_prepare_step_marked_always_runs_even_when_its_output_exists(tmp_path):
+    """A step whose command checks its own cache (experts of a budget) runs every time; the others
+    only when `creates` is missing, so an existing folder never stands in for the plan's budget."""
+    from lsmerge.results.pipeline import Runner
+    from lsmerge.results.plan import Plan
+
+    made = tmp_path / "made"
+    made.write_text("")
+    log = tmp_path / "log"
+    step = ["python", "-c", f"open({str(log)!r}, 'a').write('ran\\n')"]
+    plan = Plan(out_dir=str(tmp_path / "out"), results=str(tmp_path / "R.md"), plots_dir=str(tmp_path), eval={}, rows=[],
+                prepare=[{"argv": step, "creates": str(made)}, {"argv": step, "creates": str(made), "always": True}])
+    Runner(plan, say=lambda s: None).prepare()
+    assert log.read_text() == "ran\n"

@@ -93,7 +93,7 @@ class Runner:
     def prepare(self) -> None:
         for step in self.plan.prepare:
             creates = Path(substitute(step["creates"], self.names))
-            if creates.exists():
+            if creates.exists() and not step.get("always", False):
                 continue
             argv = [str(a) for a in substitute(step["argv"], self.names)]
             if argv[0] == "lsmerge":

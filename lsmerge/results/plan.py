@@ -10,7 +10,9 @@ named paths as `{name}`: the plan's `models` and, for each VAE run, `{vae:<run n
     plots_dir: results                  # PNG plots
     seed: 0
     models: {base: checkpoints/base/smollm2-135m-instruct, ...}
-    prepare:                            # commands run when `creates` is missing
+    prepare:                            # commands run when `creates` is missing (always: true runs
+                                        # them every time: for commands that skip finished work
+                                        # themselves and must check it, e.g. experts of a budget)
       - {argv: [lsmerge, fetch], creates: checkpoints/base/smollm2-135m-instruct/config.json}
     vae_runs:                           # `lsmerge fit` of a derived config (lsmerge.results.vae_runs)
       - {name: r2-30min, base_config: configs/vae/smollm2_mlp.yaml, ratio: 2, minutes: 30}

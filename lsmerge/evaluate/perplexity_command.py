@@ -20,6 +20,7 @@ import torch
 
 from lsmerge.data.corpora import Split, corpus_path
 from lsmerge.errors import LsMergeError
+from lsmerge.evaluate.harness import HiddenMix
 from lsmerge.evaluate.perplexity import PerplexityResult, check_window, encode_text, perplexity_of_ids
 from lsmerge.io.atomic import atomic_paths
 from lsmerge.io.hf import TOKENIZER_FILES, load_causal_lm, load_tokenizer, resolve_model
@@ -57,13 +58,13 @@ def _unique_labels(paths: list[Path], names: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
-def output_paths(out: str | os.PathLike) -> tuple[Path, Path]:
-    """`out` as a folder (existing, or written with a trailing slash) -> `<out>/perplexity.{json,csv}`;
+def output_paths(out: str | os.PathLike, stem: str = "perplexity") -> tuple[Path, Path]:
+    """`out` as a folder (existing, or written with a trailing slash) -> `<out>/<stem>.{json,csv}`;
     otherwise a file stem -> `<out>.json` and `<out>.csv` (a `.json` / `.csv` suffix is dropped)."""
     text = str(out)
     path = Path(text).expanduser()
     if path.is_dir() or text.endswith(("/", os.sep)):
-        return path / "perplexity.json", path / "perplexity.csv"
+        return path / f"{stem}.json", path / f"{stem}.csv"
     if path.suffix in (".json", ".csv"):
         path = path.with_suffix("")
     return path.with_name(path.name + ".json"), path.with_name(path.name + ".csv")
@@ -111,7 +112,7 @@ def write_results(results: list[PerplexityResult], settings: dict, out: str | os
 
 def evaluate(
     *,
-    models: list[str],
+    models: list[str] | None = None,
     texts: list[str] | None = None,
     corpora: list[str] | None = None,
     split: Split = "validation",
@@ -125,8 +126,17 @@ def evaluate(
     out: str | None = None,
     encoding_errors: EncodingErrors = "strict",
     progress: bool = True,
-) -> list[PerplexityResult]:
-    """Perplexity of one or more checkpoints on text files and/or prepared corpora.
+    tasks: list[str] | None = None,
+    task_dir: str | None = None,
+    mixes: list[HiddenMix] | None = None,
+    task_items: int = 100,
+    task_choices: int = 4,
+    task_limit: int | None = None,
+    task_cache: str | None = None,
+    seed: int = 0,
+) -> list:
+    """Perplexity of one or more checkpoints on text files and/or prepared corpora, or, with --tasks,
+    lm-evaluation-harness tasks on checkpoints and hidden-state mixes.
 
     Each model is scored with its own tokenizer (loaded from its folder) on every text, through
     sliding windows of `max_length` tokens moved by `stride` (each token scored once, with at
@@ -153,10 +163,36 @@ def evaluate(
         encoding_errors: strict (a text that is not UTF-8 is an error) or replace (bad bytes
             become U+FFFD, and the text scored is not the file's).
         progress: a bar over each text's batches of windows on stderr.
+        tasks: lm-eval task names (needs `pip install 'lsmerge[eval]'`); replaces texts / corpora:
+            continuation_<corpus> (multiple choice "which continuation comes next", built from the
+            corpus's `split` under <root>/corpora with no download), the tasks of --task_dir, or
+            lm-eval's own tasks. Writes OUT.json / OUT.csv (a folder: lm_eval.json / lm_eval.csv).
+        task_dir: a folder of lm-eval task YAML files (local json datasets are checked row by row).
+        mixes: hidden-state mixes scored like checkpoints, e.g.
+            '[{base: B, fine_tuned: [F], operator: lerp, mix_layer: 15, beta: 0.5}]'
+            (every position of the base's residual stream at mix_layer mixed; beta 0 = the base).
+        task_items: items of each continuation task.
+        task_choices: choices per item (the true continuation and task_choices - 1 distractors).
+        task_limit: score only the first task_limit items of each task, for quick runs.
+        task_cache: folder for built continuation tasks (default <root>/cache/lm_eval_tasks).
+        seed: seed of the distractors and of lm-eval.
 
     Returns:
-        one PerplexityResult per (model, text), models outer.
+        one PerplexityResult per (model, text), models outer; with --tasks one TaskScore per
+        (model or mix, task, metric).
     """
+    if tasks:
+        if texts or corpora:
+            raise LsMergeError("pass --tasks (lm-eval) or --texts / --corpora (perplexity), not both in one run.")
+        from lsmerge.evaluate.harness_command import evaluate_tasks
+        from lsmerge.evaluate.harness_tasks import ContinuationSpec
+
+        return evaluate_tasks(models=list(models or []), mixes=list(mixes or []), tasks=tasks, task_dir=task_dir, root=root,
+                              split=split, spec=ContinuationSpec(items=task_items, choices=task_choices, seed=seed),
+                              task_cache=task_cache, limit=task_limit, batch_size=batch_size, device=device, dtype=dtype,
+                              out=out, seed=seed)  # fmt: skip
+    if mixes:
+        raise LsMergeError("--mixes are scored on lm-eval tasks; pass --tasks (e.g. continuation_shakespeare).")
     # -- every check before any work -------------------------------------------------------
     if not models:
         raise LsMergeError("no models given; pass --models DIR [DIR ...] (Hugging Face checkpoint folders).")

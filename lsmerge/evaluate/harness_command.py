@@ -20,7 +20,7 @@ from lsmerge.evaluate.harness import (INSTALL_HINT, HiddenMix, TaskScore, known_
                                       task_scores)  # fmt: skip
 from lsmerge.evaluate.harness_tasks import (TASK_PREFIX, ContinuationSpec, build_continuation_task, check_task_rows,
                                             local_corpora, read_task_configs)  # fmt: skip
-from lsmerge.evaluate.perplexity_command import _check_model_dir, _tokenizer_key, output_paths
+from lsmerge.evaluate.inputs import check_model_dir, output_paths, tokenizer_key
 from lsmerge.io.atomic import atomic_paths
 from lsmerge.io.hf import load_causal_lm, load_tokenizer, resolve_model
 from lsmerge.merge.hidden.hooks import check_mix_layer
@@ -68,8 +68,8 @@ def _check_mix(mix: HiddenMix) -> tuple[MixSpec, Path, list[Path], str]:
     base = resolve_model(mix.base)
     fine_tuned = [resolve_model(m) for m in mix.fine_tuned]
     for p in (base, *fine_tuned):
-        _check_model_dir(p)
-        if _tokenizer_key(p) != _tokenizer_key(base):
+        check_model_dir(p)
+        if tokenizer_key(p) != tokenizer_key(base):
             raise LsMergeError(f"{p} has other tokenizer files than the mix's base {base}; a mix needs one tokenizer.")
     n = _num_layers(base)
     if n is not None:
@@ -127,7 +127,7 @@ def evaluate_tasks(*, models: list[str], mixes: list[HiddenMix], tasks: list[str
     torch_device = resolve_device(device)
     model_paths = [resolve_model(m) for m in models]
     for p in model_paths:
-        _check_model_dir(p)
+        check_model_dir(p)
     checked_mixes = [_check_mix(m) for m in mixes]
     if out is not None:
         for p in output_paths(out, stem="lm_eval"):

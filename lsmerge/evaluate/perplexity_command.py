@@ -8,7 +8,6 @@ tokenizer files are equal. The scoring itself is `perplexity.perplexity_of_ids`.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -21,30 +20,17 @@ import torch
 from lsmerge.data.corpora import Split, corpus_path
 from lsmerge.errors import LsMergeError
 from lsmerge.evaluate.harness import HiddenMix
+from lsmerge.evaluate.inputs import check_model_dir as _check_model_dir
+from lsmerge.evaluate.inputs import output_paths
+from lsmerge.evaluate.inputs import tokenizer_key as _tokenizer_key
 from lsmerge.evaluate.perplexity import PerplexityResult, check_window, encode_text, perplexity_of_ids
 from lsmerge.io.atomic import atomic_paths
-from lsmerge.io.hf import TOKENIZER_FILES, load_causal_lm, load_tokenizer, resolve_model
-from lsmerge.io.store import open_checkpoint
+from lsmerge.io.hf import load_causal_lm, load_tokenizer, resolve_model
 from lsmerge.io.text import EncodingErrors, read_text
 from lsmerge.torch_options import DtypeName, resolve_device, resolve_dtype
 
 
 # -- checks and paths ------------------------------------------------------------------------
-
-
-def _check_model_dir(path: Path) -> None:
-    if not path.is_dir():
-        raise LsMergeError(
-            f"model folder {path} does not exist. Check the path, or run `lsmerge fetch` to get the base models."
-        )
-    open_checkpoint(path)  # raises on missing or broken weights
-    if not (path / "config.json").exists():
-        raise LsMergeError(f"{path} has no config.json; evaluate needs a Hugging Face checkpoint folder with its config.")
-    if not any((path / f).exists() for f in TOKENIZER_FILES):
-        raise LsMergeError(
-            f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); each model is evaluated with its own "
-            "tokenizer. Copy them from the model it was derived from."
-        )
 
 
 def _check_text(path: Path, what: str) -> None:
@@ -56,27 +42,6 @@ def _check_text(path: Path, what: str) -> None:
 
 def _unique_labels(paths: list[Path], names: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
-
-
-def output_paths(out: str | os.PathLike, stem: str = "perplexity") -> tuple[Path, Path]:
-    """`out` as a folder (existing, or written with a trailing slash) -> `<out>/<stem>.{json,csv}`;
-    otherwise a file stem -> `<out>.json` and `<out>.csv` (a `.json` / `.csv` suffix is dropped)."""
-    text = str(out)
-    path = Path(text).expanduser()
-    if path.is_dir() or text.endswith(("/", os.sep)):
-        return path / f"{stem}.json", path / f"{stem}.csv"
-    if path.suffix in (".json", ".csv"):
-        path = path.with_suffix("")
-    return path.with_name(path.name + ".json"), path.with_name(path.name + ".csv")
-
-
-def _tokenizer_key(path: Path) -> str:
-    """sha256 over the tokenizer files of a checkpoint: equal keys give equal token ids."""
-    h = hashlib.sha256()
-    for f in TOKENIZER_FILES:
-        if (path / f).exists():
-            h.update(f.encode() + b"\0" + (path / f).read_bytes())
-    return h.hexdigest()
 
 
 def format_table(results: list[PerplexityResult]) -> str:

@@ -120,15 +120,22 @@ def known_tasks() -> list[str]:
     return TaskManager().all_tasks
 
 
-def run_tasks(lm, tasks: list[str], include_paths: list[str], *, own_tasks: bool, limit: int | None, seed: int) -> dict:
-    """lm-eval's `simple_evaluate` on `lm`: the local task folders `include_paths` (plus lm-eval's
-    own tasks when `own_tasks`), zero-shot as each task defines, no samples logged. Returns its
-    results dict ({"results": {task: {"acc,none": ..., "acc_stderr,none": ...}}, "n-samples": ...})."""
+def task_manager(include_paths: list[str], *, own_tasks: bool):
+    """An lm-eval TaskManager over the local task folders `include_paths`, plus lm-eval's own tasks
+    when `own_tasks` (indexing those takes seconds: build one per run, not one per model)."""
     require_lm_eval()
-    from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=include_paths or None, include_defaults=own_tasks)
+    return TaskManager(include_path=include_paths or None, include_defaults=own_tasks)
+
+
+def run_tasks(lm, tasks: list[str], manager, *, limit: int | None, seed: int) -> dict:
+    """lm-eval's `simple_evaluate` on `lm` with the tasks of `manager` (`task_manager`), zero-shot as
+    each task defines, no samples logged. Returns its results dict
+    ({"results": {task: {"acc,none": ..., "acc_stderr,none": ...}}, "n-samples": ...})."""
+    require_lm_eval()
+    from lm_eval import simple_evaluate
+
     return simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False,
                            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
                            bootstrap_iters=1000)  # fmt: skip

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lsmerge.errors import LsMergeError
 from lsmerge.evaluate.harness import (INSTALL_HINT, HiddenMix, TaskScore, known_tasks, make_lm, require_lm_eval, run_tasks,
-                                      task_scores)  # fmt: skip
+                                      task_manager, task_scores)  # fmt: skip
 from lsmerge.evaluate.harness_tasks import (TASK_PREFIX, ContinuationSpec, build_continuation_task, check_task_rows,
                                             local_corpora, read_task_configs)  # fmt: skip
 from lsmerge.evaluate.inputs import check_model_dir, output_paths, tokenizer_key
@@ -140,6 +140,7 @@ def evaluate_tasks(*, models: list[str], mixes: list[HiddenMix], tasks: list[str
     include = [str(build_continuation_task(root, c, split, spec, cache)) for c in corpora]
     include += list(dict.fromkeys(str(y.parent.resolve()) for y, _ in user_tasks.values()))
     names = list(dict.fromkeys(tasks))
+    manager = task_manager(include, own_tasks=own_tasks)
     dtype_name, device_name = str(torch_dtype).removeprefix("torch."), str(torch_device)
     labels = [p.name for p in model_paths]
     labels = labels if len(set(labels)) == len(labels) else [str(p) for p in model_paths]
@@ -147,14 +148,14 @@ def evaluate_tasks(*, models: list[str], mixes: list[HiddenMix], tasks: list[str
     for path, label in zip(model_paths, labels):
         model = load_causal_lm(path, dtype_name, device_name, safetensors_only=False)
         lm = make_lm(model, load_tokenizer(path), batch_size=batch_size)
-        scores += task_scores(run_tasks(lm, names, include, own_tasks=own_tasks, limit=limit, seed=seed), label, str(path))
+        scores += task_scores(run_tasks(lm, names, manager, limit=limit, seed=seed), label, str(path))
         del lm, model
     for mix_spec, base_path, ft_paths, label in checked_mixes:
         base = load_causal_lm(base_path, dtype_name, device_name, safetensors_only=False)
         sources = [load_causal_lm(p, dtype_name, device_name, safetensors_only=False) for p in ft_paths]
         with HiddenStateMixer(base, mix_spec) as mixer:
             lm = make_lm(base, load_tokenizer(base_path), batch_size=batch_size, forward=MixedForward(base, sources, mixer))
-            results = run_tasks(lm, names, include, own_tasks=own_tasks, limit=limit, seed=seed)
+            results = run_tasks(lm, names, manager, limit=limit, seed=seed)
         scores += task_scores(results, label, str(base_path))
         del lm, base, sources
     print(format_scores(scores))

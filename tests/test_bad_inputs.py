@@ -6,11 +6,14 @@ for byte as it was. A regression guard over all commands; plus merge determinism
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -261,6 +264,13 @@ ROWS = [
      "--out", o], "are needed (--min_tokens)"),
     ("eval-reference-resamples", lambda b, o: ["evaluate", "--models", f"[{b.w.e1}]", "--texts", f"[{b.w.text}]", "--reference",
      str(b.w.base), "--resamples", "0", "--out", o], "resamples=0"),
+    # -- evaluate --tasks (lm-eval; these checks run before lm-eval is needed) -------------------
+    ("eval-unknown-task", lambda b, o: ["evaluate", "--models", f"[{b.w.base}]", "--tasks", "[bogus_task]", "--root",
+     str(b.root), "--out", o], "unknown task 'bogus_task'. Available here"),
+    ("eval-task-bad-row", lambda b, o: ["evaluate", "--models", f"[{b.w.base}]", "--tasks", "[bad_rows]", "--task_dir",
+     _bad_task_dir(), "--out", o], "rows.jsonl row 2 is not valid JSON"),
+    ("eval-mixes-without-tasks", lambda b, o: ["evaluate", "--mixes", f"[{{base: {b.w.base}, fine_tuned: [{b.w.e1}]}}]",
+     "--texts", f"[{b.w.text}]", "--out", o], "pass --tasks"),
 ]
 
 
@@ -363,3 +373,14 @@ def test_read_text_replace_and_redact_url(tmp_path):
     assert "pw123" not in url and "abc123" not in url and "t0k" not in url and "bob" not in url
     assert url.startswith("https://api.example.com:8443/v1?") and "api-version=2024" in url
     assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+
+
+@functools.cache
+def _bad_task_dir() -> str:
+    """A task folder (outside the matrix's inputs) whose task `bad_rows` has a broken second row."""
+    d = Path(tempfile.mkdtemp(prefix="lsmerge-bad-tasks-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    (d / "rows.jsonl").write_text(json.dumps({"context": "a", "choices": ["b", "c"], "label": 0}) + "\n{not json\n")
+    (d / "bad_rows.yaml").write_text(f"task: bad_rows\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+                                     f"    test: {d / 'rows.jsonl'}\noutput_type: multiple_choice\n")
+    return str(d)

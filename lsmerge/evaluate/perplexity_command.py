@@ -10,7 +10,6 @@ its perplexity ratio to the reference on the same windows (`intervals.paired_dif
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -23,30 +22,18 @@ import torch
 from lsmerge.data.corpora import Split, corpus_path
 from lsmerge.errors import LsMergeError
 from lsmerge.evaluate.intervals import WindowScores, check_bootstrap, paired_difference
+from lsmerge.evaluate.harness import HiddenMix
+from lsmerge.evaluate.inputs import check_model_dir as _check_model_dir
+from lsmerge.evaluate.inputs import output_paths
+from lsmerge.evaluate.inputs import tokenizer_key as _tokenizer_key
 from lsmerge.evaluate.perplexity import PerplexityResult, check_window, encode_text, window_nlls
 from lsmerge.io.atomic import atomic_paths
-from lsmerge.io.hf import TOKENIZER_FILES, load_causal_lm, load_tokenizer, resolve_model
-from lsmerge.io.store import open_checkpoint
+from lsmerge.io.hf import load_causal_lm, load_tokenizer, resolve_model
 from lsmerge.io.text import EncodingErrors, read_text
 from lsmerge.torch_options import DtypeName, resolve_device, resolve_dtype
 
 
 # -- checks and paths ------------------------------------------------------------------------
-
-
-def _check_model_dir(path: Path) -> None:
-    if not path.is_dir():
-        raise LsMergeError(
-            f"model folder {path} does not exist. Check the path, or run `lsmerge fetch` to get the base models."
-        )
-    open_checkpoint(path)  # raises on missing or broken weights
-    if not (path / "config.json").exists():
-        raise LsMergeError(f"{path} has no config.json; evaluate needs a Hugging Face checkpoint folder with its config.")
-    if not any((path / f).exists() for f in TOKENIZER_FILES):
-        raise LsMergeError(
-            f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); each model is evaluated with its own "
-            "tokenizer. Copy them from the model it was derived from."
-        )
 
 
 def _check_text(path: Path, what: str) -> None:
@@ -58,27 +45,6 @@ def _check_text(path: Path, what: str) -> None:
 
 def _unique_labels(paths: list[Path], names: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
-
-
-def output_paths(out: str | os.PathLike) -> tuple[Path, Path]:
-    """`out` as a folder (existing, or written with a trailing slash) -> `<out>/perplexity.{json,csv}`;
-    otherwise a file stem -> `<out>.json` and `<out>.csv` (a `.json` / `.csv` suffix is dropped)."""
-    text = str(out)
-    path = Path(text).expanduser()
-    if path.is_dir() or text.endswith(("/", os.sep)):
-        return path / "perplexity.json", path / "perplexity.csv"
-    if path.suffix in (".json", ".csv"):
-        path = path.with_suffix("")
-    return path.with_name(path.name + ".json"), path.with_name(path.name + ".csv")
-
-
-def _tokenizer_key(path: Path) -> str:
-    """sha256 over the tokenizer files of a checkpoint: equal keys give equal token ids."""
-    h = hashlib.sha256()
-    for f in TOKENIZER_FILES:
-        if (path / f).exists():
-            h.update(f.encode() + b"\0" + (path / f).read_bytes())
-    return h.hexdigest()
 
 
 def format_table(results: list[PerplexityResult]) -> str:
@@ -158,7 +124,7 @@ def write_results(results: list[PerplexityResult], settings: dict, out: str | os
 
 def evaluate(
     *,
-    models: list[str],
+    models: list[str] | None = None,
     texts: list[str] | None = None,
     corpora: list[str] | None = None,
     split: Split = "validation",
@@ -177,8 +143,16 @@ def evaluate(
     out: str | None = None,
     encoding_errors: EncodingErrors = "strict",
     progress: bool = True,
-) -> list[PerplexityResult]:
-    """Perplexity of one or more checkpoints on text files and/or prepared corpora.
+    tasks: list[str] | None = None,
+    task_dir: str | None = None,
+    mixes: list[HiddenMix] | None = None,
+    task_items: int = 100,
+    task_choices: int = 4,
+    task_limit: int | None = None,
+    task_cache: str | None = None,
+) -> list:
+    """Perplexity of one or more checkpoints on text files and/or prepared corpora, or, with --tasks,
+    lm-evaluation-harness tasks on checkpoints and hidden-state mixes.
 
     Each model is scored with its own tokenizer (loaded from its folder) on every text, through
     sliding windows of `max_length` tokens moved by `stride` (each token scored once, with at
@@ -205,7 +179,7 @@ def evaluate(
             bootstrap interval over windows, printed and written to `out` (with the per-window
             scores). The reference must share the others' tokenizer.
         resamples: bootstrap resamples of the windows (with reference).
-        seed: seed of the resampling (with reference).
+        seed: seed of the resampling (with reference), and of the distractors and lm-eval (with tasks).
         confidence: level of the percentile interval, in (0, 1) (with reference).
         device: torch device, e.g. cpu or cuda.
         dtype: model dtype (fp32, bf16, fp16 are aliases); log-probabilities are always float32.
@@ -214,10 +188,35 @@ def evaluate(
         encoding_errors: strict (a text that is not UTF-8 is an error) or replace (bad bytes
             become U+FFFD, and the text scored is not the file's).
         progress: a bar over each text's batches of windows on stderr.
+        tasks: lm-eval task names (needs `pip install 'lsmerge[eval]'`); replaces texts / corpora:
+            continuation_<corpus> (multiple choice "which continuation comes next", built from the
+            corpus's `split` under <root>/corpora with no download), the tasks of --task_dir, or
+            lm-eval's own tasks. Writes OUT.json / OUT.csv (a folder: lm_eval.json / lm_eval.csv).
+        task_dir: a folder of lm-eval task YAML files (local json datasets are checked row by row).
+        mixes: hidden-state mixes scored like checkpoints, e.g.
+            '[{base: B, fine_tuned: [F], operator: lerp, mix_layer: 15, beta: 0.5}]'
+            (every position of the base's residual stream at mix_layer mixed; beta 0 = the base).
+        task_items: items of each continuation task.
+        task_choices: choices per item (the true continuation and task_choices - 1 distractors).
+        task_limit: score only the first task_limit items of each task, for quick runs.
+        task_cache: folder for built continuation tasks (default <root>/cache/lm_eval_tasks).
 
     Returns:
-        one PerplexityResult per (model, text), models outer.
+        one PerplexityResult per (model, text), models outer; with --tasks one TaskScore per
+        (model or mix, task, metric).
     """
+    if tasks:
+        if texts or corpora:
+            raise LsMergeError("pass --tasks (lm-eval) or --texts / --corpora (perplexity), not both in one run.")
+        from lsmerge.evaluate.harness_command import evaluate_tasks
+        from lsmerge.evaluate.harness_tasks import ContinuationSpec
+
+        return evaluate_tasks(models=list(models or []), mixes=list(mixes or []), tasks=tasks, task_dir=task_dir, root=root,
+                              split=split, spec=ContinuationSpec(items=task_items, choices=task_choices, seed=seed),
+                              task_cache=task_cache, limit=task_limit, batch_size=batch_size, device=device, dtype=dtype,
+                              out=out, seed=seed)  # fmt: skip
+    if mixes:
+        raise LsMergeError("--mixes are scored on lm-eval tasks; pass --tasks (e.g. continuation_shakespeare).")
     # -- every check before any work -------------------------------------------------------
     if not models:
         raise LsMergeError("no models given; pass --models DIR [DIR ...] (Hugging Face checkpoint folders).")

@@ -10,6 +10,6 @@ PY=${PYTHON:-python3}
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # not -q: pip prints a line per package, so a first install is never silent for minutes
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install --progress-bar off "torch==2.13.0"
-# LSMERGE_EXTRAS=dev,eval adds lm-evaluation-harness (`lsmerge evaluate --tasks`); CI sets it
+# the dev extra holds the test tools and lm-evaluation-harness (`lsmerge evaluate --tasks`), so the tests run it
 "$VENV/bin/python" -m pip install --progress-bar off -e ".[${LSMERGE_EXTRAS:-dev}]"
 echo "lsmerge installed in $VENV"

@@ -27,6 +27,8 @@ from typing import Sequence
 import torch
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.hf import resolve_model
+from lsmerge.io.store import open_checkpoint
 
 
 def check_rank_fraction(rank_fraction: float | None, what: str = "rank_fraction") -> float | None:
@@ -135,3 +137,33 @@ class TaskCodeReader:
         out = [coefficients(u, d).cpu() for d in deltas]
         self._last = (name, out)
         return out
+
+
+def task_code_source(base: str, stores: Sequence, selection: Sequence[Sequence[str]], rank_fraction: float | None,
+                     device: str | torch.device = "cpu") -> tuple[TaskCodeReader, list[list[str]]]:
+    """The reader of `WeightChunkDataModule`'s ``source: task_codes`` and its selection.
+
+    `stores` are the experts (data.checkpoints), `selection` their selected names; `base` the model
+    reference they were fine-tuned from. Keeps the 2-d tensors; LsMergeError when the experts select
+    different tensors, or a tensor is missing from or shaped differently in the base."""
+    if not base:
+        raise LsMergeError("data.source task_codes codes each expert as W_i - W_base: set data.base (the model the "
+                           "checkpoints were fine-tuned from).")
+    check_rank_fraction(rank_fraction, "data.rank_fraction")
+    base_store = open_checkpoint(resolve_model(base))
+    if any(str(s.path) == str(base_store.path) for s in stores):
+        raise LsMergeError(f"data.base {base_store.path} is also listed in data.checkpoints; its task matrix would be zero. "
+                           "Remove it from the checkpoints.")
+    names = [n for n in selection[0] if len(stores[0].shape(n)) >= 2]
+    for s, sel in zip(stores, selection):
+        if [n for n in sel if len(s.shape(n)) >= 2] != names:
+            raise LsMergeError(f"{s.path} selects other tensors than {stores[0].path}: task codes need experts of one base "
+                               "with the same tensors.")
+        for n in names:
+            if n not in base_store.names or tuple(base_store.shape(n)) != tuple(s.shape(n)):
+                got = tuple(base_store.shape(n)) if n in base_store.names else "no such tensor"
+                raise LsMergeError(f"tensor {n!r} is {tuple(s.shape(n))} in {s.path} but {got} in base {base_store.path}: "
+                                   "the checkpoints were not fine-tuned from this base. Give the base they share.")
+    if not names:
+        raise LsMergeError("the selection holds no 2-d tensor; task codes exist for matrices only (widen data.kinds).")
+    return TaskCodeReader(base_store, stores, rank_fraction=rank_fraction, device=device), [list(names) for _ in stores]

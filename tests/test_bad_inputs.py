@@ -289,6 +289,10 @@ ROWS = [
     ("fit-task-codes-other-base", lambda b, o: ["fit", "--config", "configs/vae/tiny_task_codes.yaml", f"--data.base={b.wide}",
      f"--data.checkpoints=[{b.w.e1},{b.w.e2}]", f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"],
      "not fine-tuned from this base"),
+    ("merge-tv-hetero", lambda b, o: ["merge", "--method", "hetero", "--models", f"[{b.w.base},{b.w.deep}]", "--codec",
+     "task_vector", "--progress", "false", "--out", o], "codes experts of one base"),
+    ("merge-rank-fraction-pca", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--rank_fraction", "0.5", *_pca(),
+     "--out", o], "task-vector codec"),
 ]
 
 

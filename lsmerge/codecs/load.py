@@ -1,4 +1,4 @@
-"""Getting a codec for a merge: load a saved one, fit a PCA codec on the inputs, check coverage."""
+"""Getting a codec for a merge: load a saved one (PCA, task-vector, VAE), fit a PCA codec on the inputs, check coverage."""
 
 from __future__ import annotations
 

@@ -7,8 +7,9 @@ codec does not cover (or that are outside `kinds`) are merged in weight space by
 `fallback_method`, so the output is always a complete model (`homogeneous.HomogeneousJob`).
 Methods across architectures (`hetero`) run as `hetero.HeteroJob`.
 
-Codecs: `pca` fits a PCA codec (lsmerge.codecs.pca) on the inputs' selected tensors; a path
-is a saved PCA codec or a trained weight-VAE checkpoint (`lsmerge.codecs.load.load_codec`).
+Codecs: `pca` fits a PCA codec (lsmerge.codecs.pca) on the inputs' selected tensors; `task_vector`
+fits the joint-SVD task-vector codec (lsmerge.codecs.task_vector) on the base and the models; a path
+is a saved PCA or task-vector codec or a trained weight-VAE checkpoint (`lsmerge.codecs.load.load_codec`).
 This module checks the arguments against the method's registered traits; it holds no
 per-method branches.
 """

@@ -60,8 +60,12 @@ def bad(tiny_world, vae_fit_run, tmp_path_factory) -> SimpleNamespace:
     for i, name in enumerate(("deep_a", "deep_b")):
         make_tiny_llama(root / name, seed=10 + i, layers=4, hidden=64, pad_token_id=None, bos_token_id=1, eos_token_id=2)
     make_tiny_llama(root / "wide", seed=3, hidden=48, intermediate_size=128)
+    # a task-vector codec built on base with experts e1, e2
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(["merge", "--models", f"[{tiny_world.e1},{tiny_world.e2}]", "--base", str(tiny_world.base), "--codec", "task_vector",
+              "--save_codec", str(root / "tv_codec"), "--out", str(root / "tv_run"), "--progress", "false"])
     return SimpleNamespace(root=root, w=tiny_world, vae=vae_fit_run / "last.ckpt", **{
-        n: root / n for n in ("noconfig", "noconfig2", "nan", "mlp_codec", "deep_a", "deep_b", "wide")})
+        n: root / n for n in ("noconfig", "noconfig2", "nan", "mlp_codec", "deep_a", "deep_b", "wide", "tv_codec")})
 
 
 def _tree_digest(paths) -> dict[str, str]:
@@ -271,13 +275,46 @@ ROWS = [
      _bad_task_dir(), "--out", o], "rows.jsonl row 2 is not valid JSON"),
     ("eval-mixes-without-tasks", lambda b, o: ["evaluate", "--mixes", f"[{{base: {b.w.base}, fine_tuned: [{b.w.e1}]}}]",
      "--texts", f"[{b.w.text}]", "--out", o], "pass --tasks"),
+    # -- task-vector codec (merge --codec task_vector, fit data.source task_codes) -------------------
+    ("merge-tv-no-experts", lambda b, o: ["merge", "--method", "task_arithmetic", "--models", "[]", "--base", str(b.w.base),
+     "--codec", "task_vector", "--progress", "false", "--out", o], "no models given"),
+    ("merge-tv-lerp-one-expert", lambda b, o: ["merge", "--models", f"[{b.w.e1}]", "--base", str(b.w.base), "--codec",
+     "task_vector", "--progress", "false", "--out", o], "lerp takes"),
+    ("merge-tv-no-base", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--codec", "task_vector",
+     "--progress", "false", "--out", o], "set base"),
+    ("merge-tv-rank-fraction-high", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--base", str(b.w.base),
+     "--codec", "task_vector", "--rank_fraction", "1.5", "--progress", "false", "--out", o], "(0, 1]"),
+    ("merge-tv-rank-fraction-zero", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--base", str(b.w.base),
+     "--codec", "task_vector", "--rank_fraction", "0", "--progress", "false", "--out", o], "(0, 1]"),
+    ("merge-tv-base-shapes", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--base", str(b.wide),
+     "--codec", "task_vector", "--progress", "false", "--out", o], "shape"),
+    ("merge-tv-base-names", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--base", str(b.w.deep),
+     "--codec", "task_vector", "--progress", "false", "--out", o], "deep"),
+    ("merge-tv-other-experts", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e3}]", "--base", str(b.w.base),
+     "--codec", str(b.tv_codec), "--progress", "false", "--out", o], "another set"),
+    ("merge-tv-other-base", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--base", str(b.w.e3),
+     "--codec", str(b.tv_codec), "--progress", "false", "--out", o], "built on base"),
+    ("merge-tv-delta", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--base", str(b.w.base),
+     "--codec", "task_vector", "--delta", "weight", "--progress", "false", "--out", o], "delta: none"),
+    ("fit-task-codes-no-base", lambda b, o: ["fit", "--config", "configs/vae/tiny_task_codes.yaml", "--data.base=null",
+     f"--data.checkpoints=[{b.w.e1},{b.w.e2}]", f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"], "data.base"),
+    ("fit-task-codes-rank", lambda b, o: ["fit", "--config", "configs/vae/tiny_task_codes.yaml", f"--data.base={b.w.base}",
+     "--data.rank_fraction=0", f"--data.checkpoints=[{b.w.e1},{b.w.e2}]", f"--data.cache_dir={o}/cache",
+     f"--trainer.default_root_dir={o}"], "(0, 1]"),
+    ("fit-task-codes-other-base", lambda b, o: ["fit", "--config", "configs/vae/tiny_task_codes.yaml", f"--data.base={b.wide}",
+     f"--data.checkpoints=[{b.w.e1},{b.w.e2}]", f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"],
+     "not fine-tuned from this base"),
+    ("merge-tv-hetero", lambda b, o: ["merge", "--method", "hetero", "--models", f"[{b.w.base},{b.w.deep}]", "--codec",
+     "task_vector", "--progress", "false", "--out", o], "codes experts of one base"),
+    ("merge-rank-fraction-pca", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--rank_fraction", "0.5", *_pca(),
+     "--out", o], "task-vector codec"),
 ]
 
 
 def test_matrix_has_every_command():
-    commands = {argv(SimpleNamespace(w=SimpleNamespace(**{k: Path(k) for k in ("e1", "e2", "base", "deep", "text")}),
+    commands = {argv(SimpleNamespace(w=SimpleNamespace(**{k: Path(k) for k in ("e1", "e2", "base", "deep", "text", "e3")}),
                                      **{k: Path(k) for k in ("root", "noconfig", "noconfig2", "nan", "mlp_codec", "deep_a",
-                                                             "deep_b", "wide", "vae")}), "o")[0] for _, argv, _ in ROWS}
+                                                             "deep_b", "wide", "vae", "tv_codec")}), "o")[0] for _, argv, _ in ROWS}
     assert len(ROWS) >= 60
     assert commands >= {"merge-weights", "merge", "export", "evaluate", "generate", "steer", "sweep", "judge", "inspect",
                         "import-gguf", "fit"}

@@ -1,4 +1,4 @@
-"""Getting a codec for a merge: load a saved one, fit a PCA codec on the inputs, check coverage."""
+"""Getting a codec for a merge: load a saved one (PCA, task-vector, VAE), fit a PCA codec on the inputs, check coverage."""
 
 from __future__ import annotations
 
@@ -9,21 +9,27 @@ from tqdm.auto import tqdm
 
 from lsmerge.codecs.base import Codec
 from lsmerge.codecs.pca import CODEC_JSON, PCACodec
+from lsmerge.codecs.task_vector import CODEC_JSON as TASK_VECTOR_JSON, TaskVectorCodec
 from lsmerge.errors import LsMergeError
 from lsmerge.io.ckpt import check_ckpt_path, is_url
 from lsmerge.io.compat import check_finite, model_family, same_family
 from lsmerge.io.store import CheckpointStore
 
 
-def load_codec(spec: str) -> Codec:
-    """A saved PCA codec folder, or a weight-VAE checkpoint (the one place the VAE plugs in)."""
+def load_codec(spec: str, device: str = "cpu") -> Codec:
+    """A saved PCA or task-vector codec folder, or a weight-VAE checkpoint (the one place the VAE plugs in).
+
+    A task-vector codec comes back unbound: `bind` it to the merge's base and experts."""
     if is_url(spec):
         check_ckpt_path(spec, "codec")  # refused: download it and pass the local file
     path = Path(spec).expanduser()
     if not path.exists():
-        raise LsMergeError(f"codec {spec!r} not found: give `pca`, a saved PCA codec folder, or a trained VAE checkpoint.")
+        raise LsMergeError(f"codec {spec!r} not found: give `pca`, `task_vector`, a saved PCA or task-vector codec folder, "
+                           "or a trained VAE checkpoint.")
     if (path / CODEC_JSON).exists():
         return PCACodec.load(path)
+    if (path / TASK_VECTOR_JSON).exists():
+        return TaskVectorCodec.load(path, device=device)
     try:
         from lsmerge.codecs.vae import VAECodec
     except ImportError as e:

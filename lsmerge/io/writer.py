@@ -172,6 +172,9 @@ class CheckpointWriter:
         dtype: cast floating-point tensors to this dtype on write (None keeps each tensor's dtype).
         header_reserve: bytes reserved for each shard's JSON header.
         nonfinite_hint: what to tell the user when an output tensor holds NaN / Inf (the command's fix).
+        side_files: overrides of the side files copied from `source`, by file name: bytes to write,
+            a path to copy from, or None to leave that file out (a new config.json, another
+            model's tokenizer).
     """
 
     def __init__(
@@ -186,6 +189,7 @@ class CheckpointWriter:
         dtype: torch.dtype | None = None,
         header_reserve: int = 1 << 16,
         nonfinite_hint: str = "Check the inputs (lsmerge inspect) and lower the merge's scale (lambda / weights).",
+        side_files: dict[str, bytes | str | os.PathLike | None] | None = None,
     ):
         from lsmerge import __version__
 
@@ -196,6 +200,7 @@ class CheckpointWriter:
         self.max_shard_size = parse_size(max_shard_size)
         self.overwrite = overwrite
         self.dtype = dtype
+        self.side_files = dict(side_files or {})
         self.header_reserve = header_reserve
         self.metadata = {"format": "pt", "lsmerge_version": __version__}
         if config is not None:
@@ -293,8 +298,13 @@ class CheckpointWriter:
                 (self.tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
             if self.source is not None:
                 for fname in SIDE_FILES:
-                    if (self.source / fname).exists():
+                    if fname not in self.side_files and (self.source / fname).exists():
                         shutil.copyfile(self.source / fname, self.tmp / fname)
+            for fname, content in self.side_files.items():
+                if isinstance(content, bytes):
+                    (self.tmp / fname).write_bytes(content)
+                elif content is not None:
+                    shutil.copyfile(content, self.tmp / fname)
             if self.card is not None:  # inside the temporary folder: atomic with the weights
                 (self.tmp / CARD_NAME).write_text(self.card, encoding="utf-8")
             self._move_into_place()

@@ -18,8 +18,10 @@ rewritten once with a larger one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Iterable
 
@@ -205,16 +207,42 @@ class CheckpointWriter:
         self.metadata = {"format": "pt", "lsmerge_version": __version__}
         if config is not None:
             self.metadata["lsmerge_config"] = json.dumps(config, sort_keys=True, default=str)
-        self.digests = input_digests(inputs) if inputs else []
-        if inputs:
-            self.metadata["lsmerge_inputs"] = json.dumps(self.digests, sort_keys=True)
-        # a command's output (its provenance names the command) gets a model card, README.md
-        self.card = model_card(config, self.digests, __version__) if config and "command" in config else None
+        # the inputs' sha256 are computed in a thread while the tensors stream (hashlib releases the
+        # GIL), and joined before the first shard's header or the card is written
+        self._config, self._version, self._inputs = config, __version__, inputs
+        self._digest_result: list = []
+        self._digest_thread = threading.Thread(target=self._hash_inputs, name="lsmerge-digests", daemon=True) if inputs else None
+        if self._digest_thread is not None:
+            self._digest_thread.start()
+        self._digests: list[dict] | None = None if inputs else []
+        self.card: str | None = None
         self.tmp = self.out.parent / f".{self.out.name}{_TMP_MARK}{os.getpid()}"
         self._shards: list[_Shard] = []
         self._names: set[str] = set()
         self._open = False
         self._made_dirs: list[Path] = []
+
+    def _hash_inputs(self) -> None:
+        try:
+            self._digest_result.append(input_digests(self._inputs))
+        except BaseException as e:  # raised where the digests are needed
+            self._digest_result.append(e)
+
+    @property
+    def digests(self) -> list[dict]:
+        """The inputs' file digests (`io.provenance.input_digests`); waits for the hashing thread.
+        Also fills the metadata's `lsmerge_inputs` and the model card."""
+        if self._digests is None:
+            self._digest_thread.join()
+            result = self._digest_result[0]
+            if isinstance(result, BaseException):
+                raise result
+            self._digests = result
+            self.metadata["lsmerge_inputs"] = json.dumps(result, sort_keys=True)
+        if self.card is None and self._config and "command" in self._config:
+            # a command's output (its provenance names the command) gets a model card, README.md
+            self.card = model_card(self._config, self._digests, self._version)
+        return self._digests
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "CheckpointWriter":
@@ -264,7 +292,10 @@ class CheckpointWriter:
             raise LsMergeError(f"tensor {name!r} written twice; each name must be unique.")
         if self.dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(self.dtype)
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        # one float32 sum instead of an elementwise mask: NaN / Inf make it non-finite (a finite tensor
+        # whose sum overflows is confirmed with the full check)
+        if tensor.is_floating_point() and tensor.numel() and not math.isfinite(float(tensor.sum(dtype=torch.float32))) \
+                and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise LsMergeError(f"output tensor {name!r} would hold {bad} NaN / Inf values of {tensor.numel()} "
                                f"({_DTYPE_NAMES.get(tensor.dtype, tensor.dtype)}); nothing was written. {self.nonfinite_hint}")
@@ -272,6 +303,7 @@ class CheckpointWriter:
         shard = self._shards[-1] if self._shards else None
         if shard is None or (shard.entries and shard.size + nbytes > self.max_shard_size):
             if shard is not None:
+                self.digests  # noqa: B018 - the header needs them
                 shard.close(self.metadata)
             shard = _Shard(self.tmp / f"shard-{len(self._shards):05d}.tmp", self.header_reserve)
             self._shards.append(shard)
@@ -285,6 +317,7 @@ class CheckpointWriter:
         try:
             if not self._shards:
                 raise LsMergeError("nothing to write: no tensors were added.")
+            self.digests  # noqa: B018 - the header and the card need them
             self._shards[-1].close(self.metadata)
             n = len(self._shards)
             weight_map: dict[str, str] = {}

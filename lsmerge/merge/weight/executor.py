@@ -9,6 +9,7 @@ atomic, so an error leaves no output folder behind.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -144,8 +145,8 @@ def run_plan(plan: MergePlan, grams: dict[str, list[torch.Tensor]] | None = None
         config=plan.provenance,
         dtype=plan.dtype,
         side_files=plan.side_files,
-    ) as writer:
-        for task, tensors in _read_ahead(plan):
+    ) as writer, contextlib.closing(_read_ahead(plan)) as reads:
+        for task, tensors in reads:
             read += sum(t.numel() * t.element_size() for t in tensors.values())
             merged = _merge_task(plan, task, tensors, device, grams)
             del tensors

@@ -1,19 +1,21 @@
 """Streaming executor: one tensor at a time from the inputs to `CheckpointWriter`.
 
-A reader thread reads the inputs of the next output tensor while the current one is merged
-and written (file reads release the GIL), at most `READ_AHEAD` tensors ahead, so peak memory is
-about (number of inputs + 2) x the largest tensor plus the tensors read ahead, independent of
-depth. Every input tensor read is checked for NaN / Inf (named in the error); the writer is
+A reader thread reads the inputs of the next output tensors while the current ones are merged
+(two at once on the CPU) and written (file reads and torch kernels release the GIL), at most
+`READ_AHEAD` tensors ahead, so peak memory is a few times (number of inputs + 2) x the largest
+tensor, independent of depth. Every input tensor read is checked for NaN / Inf (named in the error); the writer is
 atomic, so an error leaves no output folder behind.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import torch
@@ -126,8 +128,18 @@ def _merge_task(plan: MergePlan, task: TensorTask, tensors: dict, device: torch.
     return plan.method.merge(xs, base_t, task.params, ctx).to(out_dtype)
 
 
+def merge_workers(plan: MergePlan) -> int:
+    """Tensors merged at once: 2 on the CPU (a merge's heavy kernels, such as TIES' sort, run on
+    one core; another tensor's merge fills the second), 1 on an accelerator."""
+    return 2 if plan.device == "cpu" and torch.get_num_threads() > 1 else 1
+
+
 def run_plan(plan: MergePlan, grams: dict[str, list[torch.Tensor]] | None = None, progress: bool = True):
-    """Execute a validated plan; returns the output folder."""
+    """Execute a validated plan; returns the output folder.
+
+    Three stages overlap: the reader thread reads ahead, `merge_workers` tensors are merged at
+    once, and the outputs are written in plan order (so the bytes do not depend on timing:
+    each merge is a pure function of its inputs)."""
     from tqdm.auto import tqdm
 
     return_freed_tensors_to_the_os()
@@ -136,6 +148,18 @@ def run_plan(plan: MergePlan, grams: dict[str, list[torch.Tensor]] | None = None
     bar = tqdm(total=len(plan.tasks), unit="tensor", desc=f"merge-weights {plan.method.name}", disable=not progress,
                dynamic_ncols=True)
     start, read = time.perf_counter(), 0
+    workers = merge_workers(plan)
+    pending: collections.deque = collections.deque()
+
+    def write_oldest(writer: CheckpointWriter) -> None:
+        task, future = pending.popleft()
+        merged = future.result()
+        writer.add(task.name, merged.cpu())
+        del merged
+        bar.update(1)
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix_str(f"{read / elapsed / 1e6:.0f} MB/s", refresh=False)
+
     with CheckpointWriter(
         plan.out,
         source=ref.path,
@@ -145,15 +169,18 @@ def run_plan(plan: MergePlan, grams: dict[str, list[torch.Tensor]] | None = None
         config=plan.provenance,
         dtype=plan.dtype,
         side_files=plan.side_files,
-    ) as writer, contextlib.closing(_read_ahead(plan)) as reads:
-        for task, tensors in reads:
-            read += sum(t.numel() * t.element_size() for t in tensors.values())
-            merged = _merge_task(plan, task, tensors, device, grams)
-            del tensors
-            writer.add(task.name, merged.cpu())
-            del merged
-            bar.update(1)
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix_str(f"{read / elapsed / 1e6:.0f} MB/s", refresh=False)
+    ) as writer, contextlib.closing(_read_ahead(plan)) as reads, ThreadPoolExecutor(workers, "lsmerge-merge") as pool:
+        try:
+            for task, tensors in reads:
+                read += sum(t.numel() * t.element_size() for t in tensors.values())
+                pending.append((task, pool.submit(_merge_task, plan, task, tensors, device, grams)))
+                del tensors
+                while len(pending) >= workers:
+                    write_oldest(writer)
+            while pending:
+                write_oldest(writer)
+        finally:
+            for _, future in pending:
+                future.cancel()
     bar.close()
     return writer.out

@@ -19,7 +19,11 @@ Inputs (created on first use under checkpoints/bench/, reused afterwards):
   smollm2-width-{4,32}l[-b]  random models of SmolLM2's width (float32)
 
     .venv/bin/python scripts/bench_merge_weights.py [--repeats 3] [--methods linear slerp ties]
-        [--mergekit-bin PATH/TO/mergekit-yaml] [--skip-scaling] [--skip-mergekit]
+        [--mergekit-bin PATH/TO/mergekit-yaml] [--skip-scaling] [--skip-mergekit] [--floor]
+
+`--floor` instead times lsmerge's linear merge against the floor (a Python process that imports
+torch, reads both inputs and writes one output of the same size), alternating, median of
+`--repeats`.
 """
 
 from __future__ import annotations
@@ -174,7 +178,21 @@ def make_width_model(dst: Path, layers: int, seed: int) -> Path:
     return dst
 
 
+# The floor of a merge: start Python, import torch, read both inputs' weights, write one output of
+# the same size (no arithmetic). `--floor` times it beside lsmerge on the linear recipe.
+FLOOR = """
+import sys, os, torch
+a, b, out = sys.argv[1:4]
+data = [open(os.path.join(p, "model.safetensors"), "rb").read() for p in (a, b)]
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(out, "model.safetensors"), "wb") as f:
+    f.write(data[0])
+"""
+
+
 def commands(tool: str, method: str, recipe: Path, out: Path, mergekit_bin: str, a: Path, b: Path) -> list[str]:
+    if tool == "floor":
+        return [sys.executable, "-c", FLOOR, str(a), str(b), str(out)]
     if tool == "lsmerge":
         inputs = NATIVE[method](a, b) if method in NATIVE else ["--mergekit_config", str(recipe)]
         return [*LSMERGE, *inputs, "--out", str(out), "--progress", "false"]
@@ -216,7 +234,7 @@ def bench_pair(a: Path, b: Path, methods, tools, repeats: int, mergekit_bin: str
                 runs[tool].append(m)
                 print(f"  {method:6s} {tool:8s} run {r + 1}: {m['wall_s']:.1f} s, VmRSS {m['vmrss_mib']:.0f} MiB, RssAnon {m['rssanon_mib']:.0f} MiB", flush=True)
         results[method] = {tool: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for tool, rs in runs.items()}
-        if len(tools) == 2:
+        if "mergekit" in tools:
             results[method]["compare"] = compare_outputs(work / f"out_lsmerge_{method}", work / f"out_mergekit_{method}")
             print(f"  {method}: {results[method]['compare']}", flush=True)
         for tool in tools:
@@ -233,8 +251,21 @@ def main() -> int:
     ap.add_argument("--skip-mergekit", action="store_true")
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--scaling-repeats", type=int, default=1)
+    ap.add_argument("--floor", action="store_true", help="time the floor (python + torch + read both + write one) "
+                    "beside lsmerge's linear merge, alternating, and report the ratio")
     args = ap.parse_args()
     tools = ["lsmerge"] if args.skip_mergekit else ["lsmerge", "mergekit"]
+    if args.floor:
+        work = Path(tempfile.mkdtemp(prefix="bench_floor_"))
+        try:
+            b = make_perturbed(BENCH / "smollm2-135m-wbench")
+            res = bench_pair(BASE, b, ["linear"], ["lsmerge", "floor"], args.repeats, args.mergekit_bin, work)["linear"]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        ratio = res["lsmerge"]["wall_s"] / res["floor"]["wall_s"]
+        print(f"\nlinear: lsmerge {res['lsmerge']['wall_s']:.2f} s, floor {res['floor']['wall_s']:.2f} s (medians): "
+              f"{ratio:.2f}x the floor (goal <= 1.25x: {'met' if ratio <= 1.25 else 'NOT met'})")
+        return 0 if ratio <= 1.25 else 1
     ok = True
     with tempfile.TemporaryDirectory(prefix="bench_mw_") as tmp:
         work = Path(tmp)

@@ -128,11 +128,107 @@ base_model: {A}
 parameters: {{lambda: 0.9}}
 dtype: float32
 """,
+    "passthrough_upscale": """
+slices:
+  - sources:
+      - model: {A}
+        layer_range: [0, 3]
+  - sources:
+      - model: {A}
+        layer_range: [1, {L}]
+merge_method: passthrough
+dtype: float32
+""",
+    "passthrough_frankenmerge": """
+slices:
+  - sources:
+      - model: {A}
+        layer_range: [0, 2]
+  - sources:
+      - model: {B}
+        layer_range: [1, {L}]
+        parameters:
+          scale:
+            - filter: mlp
+              value: [0.5, 1.0]
+            - value: 1.0
+merge_method: passthrough
+dtype: float32
+""",
+    "passthrough_scale": """
+models:
+  - model: {B}
+    parameters: {{scale: 0.9}}
+merge_method: passthrough
+dtype: float32
+""",
+    "slices_two_ranges": """
+slices:
+  - sources:
+      - model: {A}
+        layer_range: [0, 3]
+      - model: {B}
+        layer_range: [1, {L}]
+        parameters: {{weight: [0.2, 0.8]}}
+    parameters: {{weight: 0.5}}
+merge_method: linear
+dtype: float32
+""",
+    "tokenizer_source_model": """
+models:
+  - model: {A}
+    parameters: {{weight: 0.5}}
+  - model: {B}
+    parameters: {{weight: 0.3}}
+  - model: {C}
+    parameters: {{weight: 0.2}}
+merge_method: linear
+tokenizer_source: {C}
+dtype: float32
+""",
+    "tokenizer_base_chat_template": """
+models:
+  - model: {B}
+    parameters: {{weight: 0.6}}
+  - model: {C}
+    parameters: {{weight: 0.4}}
+merge_method: task_arithmetic
+base_model: {A}
+tokenizer:
+  source: base
+  pad_to_multiple_of: 100
+chat_template: "{{% for m in messages %}}<{{{{ m['role'] }}}}> {{{{ m['content'] }}}}{{% endfor %}}"
+dtype: float32
+""",
 }
 
 
+def _tokenizer(words: list[str], template: str | None = None):
+    """A word-level tokenizer over exactly `words` (ids in that order), built with no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+    if template:
+        wrapped.chat_template = template
+    return wrapped
+
+
+def vocabularies(n: int = 256) -> dict[str, list[str]]:
+    """A, B, C's vocabularies of n tokens: B lacks A's w180..w199 (has y tokens instead); C has
+    w0..w199 in reverse and x tokens instead of A's last ones; so tokenizer sources remap rows."""
+    specials = ["[UNK]", "[PAD]"]
+    a = specials + [f"w{i}" for i in range(n - 2)]
+    b = specials + [f"w{i}" if not 180 <= i < 200 else f"y{i}" for i in range(n - 2)]
+    c = specials + [f"w{i}" for i in reversed(range(200))] + [f"x{i}" for i in range(n - 202)]
+    return {"A": a, "B": b, "C": c}
+
+
 def make_models(root: Path) -> dict[str, Path]:
-    """Three tiny Llamas: A (base) and B, C = A + noise (fine-tune-like), float32, untied."""
+    """Three tiny Llamas: A (base) and B, C = A + noise (fine-tune-like), float32, untied, each with
+    its own word-level tokenizer (`vocabularies`; A's has a chat template)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
@@ -148,6 +244,8 @@ def make_models(root: Path) -> dict[str, Path]:
         m.load_state_dict(sd)
         paths[name] = root / name
         m.save_pretrained(paths[name])
+    for name, words in vocabularies(cfg.vocab_size).items():
+        _tokenizer(words, "{% for m in messages %}{{ m['content'] }}{% endfor %}" if name == "A" else None).save_pretrained(paths[name])
     return paths
 
 
@@ -155,6 +253,27 @@ def load_all(folder: Path) -> dict[str, torch.Tensor]:
     from lsmerge.io.store import open_checkpoint
 
     return dict(open_checkpoint(folder).items())
+
+
+CONFIG_FIELDS = ("num_hidden_layers", "vocab_size", "hidden_size", "tie_word_embeddings")
+
+
+def compare_side_files(ours: Path, theirs: Path, tokenizer: bool) -> list[str]:
+    """config.json fields that matter, and (`tokenizer`) the vocabulary and chat template."""
+    problems = []
+    ca, cb = (json.loads((d / "config.json").read_text()) for d in (ours, theirs))
+    for key in CONFIG_FIELDS:
+        if ca.get(key) != cb.get(key):
+            problems.append(f"config.json {key}: ours {ca.get(key)!r}, mergekit {cb.get(key)!r}")
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        ta, tb = AutoTokenizer.from_pretrained(str(ours)), AutoTokenizer.from_pretrained(str(theirs))
+        if ta.get_vocab() != tb.get_vocab():
+            problems.append("tokenizer vocabularies differ")
+        if ta.chat_template != tb.chat_template:
+            problems.append(f"chat templates differ: ours {ta.chat_template!r}, mergekit {tb.chat_template!r}")
+    return problems
 
 
 def compare(ours: Path, theirs: Path) -> tuple[float, int, list[str]]:
@@ -197,9 +316,11 @@ def main(argv=None) -> int:
         theirs, ours = work / f"mk_{key}", work / f"ls_{key}"
         for d in (theirs, ours):
             shutil.rmtree(d, ignore_errors=True)
+        tokenizer = "tokenizer" in RECIPES[key] or "chat_template" in RECIPES[key]
         t0 = time.perf_counter()
-        r = subprocess.run([args.mergekit_bin, str(yml), str(theirs), "--no-copy-tokenizer", "--out-shard-size", "1B",
-                            "--device", "cpu", "--quiet", "--no-write-model-card"], capture_output=True, text=True)
+        r = subprocess.run([args.mergekit_bin, str(yml), str(theirs), *([] if tokenizer else ["--no-copy-tokenizer"]),
+                            "--out-shard-size", "1B", "--device", "cpu", "--quiet", "--no-write-model-card"],
+                           capture_output=True, text=True)
         t_mk = time.perf_counter() - t0
         if r.returncode != 0:
             print(f"{key}: mergekit failed ({r.returncode}): {r.stderr.strip()[-800:]}")
@@ -209,6 +330,7 @@ def main(argv=None) -> int:
         merge_weights(mergekit_config=str(yml), out=str(ours), device="cpu", progress=False)
         t_ls = time.perf_counter() - t0
         worst, n, problems = compare(ours, theirs)
+        problems += compare_side_files(ours, theirs, tokenizer)
         status = "OK" if not problems else "DIFF"
         failed += bool(problems)
         print(json.dumps({"recipe": key, "status": status, "tensors": n, "max_rel_diff": worst,

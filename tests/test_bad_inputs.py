@@ -308,7 +308,26 @@ ROWS = [
      "task_vector", "--progress", "false", "--out", o], "codes experts of one base"),
     ("merge-rank-fraction-pca", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--rank_fraction", "0.5", *_pca(),
      "--out", o], "task-vector codec"),
+    # -- merge-weights: mergekit recipe layouts ------------------------------------------------------
+    ("mw-mergekit-layer-range-past-depth", lambda b, o: _recipe(
+        f"merge_method: passthrough\nslices:\n  - sources:\n      - model: {b.w.e1}\n        layer_range: [0, 99]\n", o),
+     "past the model's depth"),
+    ("mw-mergekit-slice-shapes-differ", lambda b, o: _recipe(
+        f"merge_method: linear\nparameters: {{weight: 1}}\nslices:\n  - sources:\n      - model: {b.w.e1}\n"
+        f"        layer_range: [0, 1]\n      - model: {b.wide}\n        layer_range: [0, 1]\n", o), "disagree in shape"),
+    ("mw-mergekit-tokenizer-not-a-model", lambda b, o: _recipe(
+        f"merge_method: linear\nparameters: {{weight: 1}}\nmodels:\n  - model: {b.w.e1}\n  - model: {b.w.e2}\n"
+        f"tokenizer_source: {b.deep_a}\n", o), "not among the recipe's models"),
 ]
+
+
+def _recipe(text: str, out: str) -> list[str]:
+    """merge-weights on a mergekit recipe written to a fresh temporary folder (never beside the inputs)."""
+    import tempfile
+
+    yml = Path(tempfile.mkdtemp(prefix="lsmerge-bad-recipe-")) / "recipe.yml"
+    yml.write_text(text)
+    return ["merge-weights", "--mergekit_config", str(yml), "--progress", "false", "--out", out]
 
 
 def test_matrix_has_every_command():

@@ -146,8 +146,9 @@ def test_different_architectures_refused(llamas, tmp_path):
 @pytest.mark.parametrize(
     "recipe, reason",
     [
-        ("merge_method: passthrough\nslices:\n  - sources:\n      - model: {A}\n        layer_range: [0, 2]\n", "passthrough"),
-        ("merge_method: slerp\nbase_model: {A}\nparameters: {{t: 0.5}}\nslices:\n  - sources:\n      - model: {A}\n        layer_range: [0, 2]\n      - model: {B}\n        layer_range: [1, 3]\n", "layer remapping"),
+        ("merge_method: passthrough\nslices:\n  - sources:\n      - model: {A}\n        layer_range: [0, 2]\n    residual_weight: 0.5\n", "residual_weight"),
+        ("merge_method: linear\nmodules:\n  text: {{}}\n", "modules"),
+        ("merge_method: passthrough\nmodels:\n  - model: {A}\nchat_template: chatml\n", "chatml"),
         ("merge_method: ties\nbase_model: {A}\nmodels:\n  - model: {B}\n    parameters: {{weight: 1, gamma: 0.1}}\n", "gamma"),
         ("merge_method: linear\nmodels:\n  - model: {A}\n  - model: {B}\ntokenizer_source: union\nparameters: {{weight: 1}}\n", "tokenizer"),
         ("merge_method: slerp\nbase_model: {A}\nmodels:\n  - model: {A}\n  - model: {B}\n", "'t' is required"),

@@ -28,3 +28,16 @@ def test_matches_mergekit_linear_slerp_ties(tmp_path):
                     "(install: see scripts/compare_mergekit.py)")
     rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "linear", "slerp_gradient", "ties"])
     assert rc == 0
+
+
+def test_matches_mergekit_passthrough_slices_and_tokenizers(tmp_path):
+    """Depth up-scaling, a frankenmerge of two models, a tokenizer source that is a model, the base
+    tokenizer padded with a chat template: tensors, config fields and tokenizers equal mergekit's."""
+    mod = _compare_module()
+    mk = mod.find_mergekit()
+    if mk is None:
+        pytest.skip("mergekit not found: set LSMERGE_MERGEKIT to its mergekit-yaml, or put mergekit-yaml on PATH "
+                    "(install: see scripts/compare_mergekit.py)")
+    rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "passthrough_upscale",
+                   "passthrough_frankenmerge", "tokenizer_source_model", "tokenizer_base_chat_template"])
+    assert rc == 0

@@ -18,8 +18,10 @@ rewritten once with a larger one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Iterable
 
@@ -172,6 +174,9 @@ class CheckpointWriter:
         dtype: cast floating-point tensors to this dtype on write (None keeps each tensor's dtype).
         header_reserve: bytes reserved for each shard's JSON header.
         nonfinite_hint: what to tell the user when an output tensor holds NaN / Inf (the command's fix).
+        side_files: overrides of the side files copied from `source`, by file name: bytes to write,
+            a path to copy from, or None to leave that file out (a new config.json, another
+            model's tokenizer).
     """
 
     def __init__(
@@ -186,6 +191,7 @@ class CheckpointWriter:
         dtype: torch.dtype | None = None,
         header_reserve: int = 1 << 16,
         nonfinite_hint: str = "Check the inputs (lsmerge inspect) and lower the merge's scale (lambda / weights).",
+        side_files: dict[str, bytes | str | os.PathLike | None] | None = None,
     ):
         from lsmerge import __version__
 
@@ -196,20 +202,47 @@ class CheckpointWriter:
         self.max_shard_size = parse_size(max_shard_size)
         self.overwrite = overwrite
         self.dtype = dtype
+        self.side_files = dict(side_files or {})
         self.header_reserve = header_reserve
         self.metadata = {"format": "pt", "lsmerge_version": __version__}
         if config is not None:
             self.metadata["lsmerge_config"] = json.dumps(config, sort_keys=True, default=str)
-        self.digests = input_digests(inputs) if inputs else []
-        if inputs:
-            self.metadata["lsmerge_inputs"] = json.dumps(self.digests, sort_keys=True)
-        # a command's output (its provenance names the command) gets a model card, README.md
-        self.card = model_card(config, self.digests, __version__) if config and "command" in config else None
+        # the inputs' sha256 are computed in a thread while the tensors stream (hashlib releases the
+        # GIL), and joined before the first shard's header or the card is written
+        self._config, self._version, self._inputs = config, __version__, inputs
+        self._digest_result: list = []
+        self._digest_thread = threading.Thread(target=self._hash_inputs, name="lsmerge-digests", daemon=True) if inputs else None
+        if self._digest_thread is not None:
+            self._digest_thread.start()
+        self._digests: list[dict] | None = None if inputs else []
+        self.card: str | None = None
         self.tmp = self.out.parent / f".{self.out.name}{_TMP_MARK}{os.getpid()}"
         self._shards: list[_Shard] = []
         self._names: set[str] = set()
         self._open = False
         self._made_dirs: list[Path] = []
+
+    def _hash_inputs(self) -> None:
+        try:
+            self._digest_result.append(input_digests(self._inputs))
+        except BaseException as e:  # raised where the digests are needed
+            self._digest_result.append(e)
+
+    @property
+    def digests(self) -> list[dict]:
+        """The inputs' file digests (`io.provenance.input_digests`); waits for the hashing thread.
+        Also fills the metadata's `lsmerge_inputs` and the model card."""
+        if self._digests is None:
+            self._digest_thread.join()
+            result = self._digest_result[0]
+            if isinstance(result, BaseException):
+                raise result
+            self._digests = result
+            self.metadata["lsmerge_inputs"] = json.dumps(result, sort_keys=True)
+        if self.card is None and self._config and "command" in self._config:
+            # a command's output (its provenance names the command) gets a model card, README.md
+            self.card = model_card(self._config, self._digests, self._version)
+        return self._digests
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "CheckpointWriter":
@@ -259,7 +292,10 @@ class CheckpointWriter:
             raise LsMergeError(f"tensor {name!r} written twice; each name must be unique.")
         if self.dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(self.dtype)
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        # one float32 sum instead of an elementwise mask: NaN / Inf make it non-finite (a finite tensor
+        # whose sum overflows is confirmed with the full check)
+        if tensor.is_floating_point() and tensor.numel() and not math.isfinite(float(tensor.sum(dtype=torch.float32))) \
+                and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise LsMergeError(f"output tensor {name!r} would hold {bad} NaN / Inf values of {tensor.numel()} "
                                f"({_DTYPE_NAMES.get(tensor.dtype, tensor.dtype)}); nothing was written. {self.nonfinite_hint}")
@@ -267,6 +303,7 @@ class CheckpointWriter:
         shard = self._shards[-1] if self._shards else None
         if shard is None or (shard.entries and shard.size + nbytes > self.max_shard_size):
             if shard is not None:
+                self.digests  # noqa: B018 - the header needs them
                 shard.close(self.metadata)
             shard = _Shard(self.tmp / f"shard-{len(self._shards):05d}.tmp", self.header_reserve)
             self._shards.append(shard)
@@ -280,6 +317,7 @@ class CheckpointWriter:
         try:
             if not self._shards:
                 raise LsMergeError("nothing to write: no tensors were added.")
+            self.digests  # noqa: B018 - the header and the card need them
             self._shards[-1].close(self.metadata)
             n = len(self._shards)
             weight_map: dict[str, str] = {}
@@ -293,8 +331,13 @@ class CheckpointWriter:
                 (self.tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
             if self.source is not None:
                 for fname in SIDE_FILES:
-                    if (self.source / fname).exists():
+                    if fname not in self.side_files and (self.source / fname).exists():
                         shutil.copyfile(self.source / fname, self.tmp / fname)
+            for fname, content in self.side_files.items():
+                if isinstance(content, bytes):
+                    (self.tmp / fname).write_bytes(content)
+                elif content is not None:
+                    shutil.copyfile(content, self.tmp / fname)
             if self.card is not None:  # inside the temporary folder: atomic with the weights
                 (self.tmp / CARD_NAME).write_text(self.card, encoding="utf-8")
             self._move_into_place()

@@ -162,30 +162,60 @@ def _run(plan: MergePlan, grams, progress: bool) -> str:
 
 
 def _merge_mergekit(config: str, out, out_root, dev, dtype, max_shard_size, overwrite, progress, layer_pattern, seed) -> str:
-    from lsmerge.merge.weight.mergekit_config import MergekitParameters, read_mergekit_config
+    from lsmerge.io.compat import check_same_family
+    from lsmerge.merge.weight.mergekit_config import read_mergekit_config
+    from lsmerge.merge.weight.mergekit_layout import build_layout, output_config, reference_model
+    from lsmerge.merge.weight.mergekit_vocab import build_vocabulary, tokenizer_side_files
 
     recipe = read_mergekit_config(config)
     root = Path(config).resolve().parent
     meth = get_method(recipe.method)
-    model_paths = [resolve_model(m, root) for m in recipe.models]
-    base_path = resolve_model(recipe.base_model, root) if recipe.base_model else None
-    method_base = base_path if meth.base == "required" else None
-    stores = _open_all(([base_path] if base_path else []) + model_paths)
-    ref = stores[method_base or (base_path if base_path in model_paths else model_paths[0])]
+    names = recipe.referenced_models()
+    paths = {m: resolve_model(m, root) for m in names}
+    opened = _open_all(list(dict.fromkeys(paths.values())))
+    stores = {m: opened[paths[m]] for m in names}
+    ref_name = reference_model(recipe)
+    ref = stores[ref_name]
+    check_same_family(list(opened.values()), "A mergekit recipe merges models of one architecture.")
     archmap = ArchitectureMap.from_config(ref.config, layer_pattern=layer_pattern, where=ref.path)
-    resolver = MergekitParameters(recipe, archmap.num_layers(ref.names))
-    tasks, report = build_tasks(meth, [stores[p] for p in model_paths], stores[method_base] if method_base else None,
-                                archmap, resolver, Selection(), allow_vocab_mismatch=False)
+    vocab = None
+    if recipe.tokenizer_source is not None:
+        vocab = build_vocabulary(recipe.tokenizer_source, recipe.pad_to_multiple_of, recipe.base_model, names, paths, stores)
+    layout = build_layout(recipe, stores, archmap, ref_name, vocab)
     out_dtype = resolve_dtype(dtype or recipe.output_dtype)
-    if recipe.dtype in ("bfloat16", "float16") and meth.base == "required":
-        report.append(f"note: mergekit does {recipe.method} arithmetic in {recipe.dtype}; lsmerge computes in float32 and rounds once to the output dtype")
+    report = []
+    if recipe.dtype in ("bfloat16", "float16") and meth.name != "passthrough":
+        report.append(f"note: mergekit does some of {recipe.method}'s arithmetic in {recipe.dtype}; lsmerge rounds the "
+                      f"inputs to {recipe.dtype} as mergekit reads them, computes in float32 and rounds once to the output dtype")
+    if layout.changed:
+        report.append(f"layers: {layout.num_layers} output layers from " + ", ".join(
+            f"{m}[{a}:{b}]" for m, a, b in _runs(layout.origins)))
+    side: dict = {}
+    if vocab is not None or recipe.chat_template is not None:
+        side.update(tokenizer_side_files(vocab.source if vocab else ref.path, recipe.chat_template, [paths[m] for m in names]))
+    cfg = output_config(ref, layout, stores, vocab, dtype or recipe.output_dtype, recipe.form)
+    if cfg is not None:
+        side["config.json"] = cfg
+    inputs = [s for s in opened.values() if s is not ref]
     if out is None:
-        out = str(Path(out_root) / auto_name(model_paths, recipe.method, "_mergekit-" + Path(config).stem, None, None))
-    out_path = check_output_dir(out, list(stores), overwrite)
+        out = str(Path(out_root) / auto_name([paths[m] for m in names], recipe.method, "_mergekit-" + Path(config).stem, None, None))
+    out_path = check_output_dir(out, list(opened), overwrite)
     prov = provenance_json({"command": "merge-weights", "mergekit_config": recipe.raw, "seed": seed})
-    plan = MergePlan(meth, [stores[p] for p in model_paths], stores[method_base] if method_base else None, archmap, tasks,
-                     out_path, out_dtype, dev, seed, max_shard_size, overwrite, prov, None, report)
+    plan = MergePlan(meth, inputs, ref, archmap, layout.tasks, out_path, out_dtype, dev, seed, max_shard_size, overwrite,
+                     prov, None, report, load_dtype=resolve_dtype(recipe.dtype) if recipe.dtype else None,
+                     side_files=side or None)
     return _run(plan, None, progress)
+
+
+def _runs(origins: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """Consecutive output layers from one model's consecutive layers, as (model, start, end)."""
+    runs: list[list] = []
+    for model, layer in origins:
+        if runs and runs[-1][0] == model and runs[-1][2] == layer:
+            runs[-1][2] += 1
+        else:
+            runs.append([model, layer, layer + 1])
+    return [(m, a, b) for m, a, b in runs]
 
 
 # -- the command line's view of a mergekit recipe ----------------------------------------------
@@ -223,10 +253,13 @@ def mergekit_plan(config: str) -> tuple[dict, list[str]]:
     recipe = read_mergekit_config(config)
     fields = {"method": recipe.method, "models": list(recipe.models), "base_model": recipe.base_model,
               "parameters": recipe.parameters or None, "dtype": recipe.output_dtype}
+    ranges = [[list(src.layer_range) if src.layer_range else "all" for src in s.sources] for s in recipe.slices]
     notes = [f"mergekit recipe {config}: merge_method {recipe.method}, inputs in lsmerge's order {recipe.models}"
              + (f", base_model {recipe.base_model}" if recipe.base_model else "") + "."]
     for i, s in enumerate(recipe.slices):
-        where = f"layers [{s.start}, {s.end})" if s.start is not None else "all layers"
+        where = f"layer ranges {ranges[i]}"
+        if recipe.form == "slices":
+            notes.append(f"slices[{i}]: " + ", ".join(f"{src.model} layers {list(src.layer_range)}" for src in s.sources))
         if s.parameters:
             notes.append(f"slices[{i}] ({where}) parameters: {s.parameters}")
         for src in s.sources:

@@ -1,24 +1,33 @@
 """Streaming executor: one tensor at a time from the inputs to `CheckpointWriter`.
 
-Peak memory is about (number of inputs + 2) x the largest tensor, independent of depth.
-Every input tensor read is checked for NaN / Inf (named in the error); the writer is atomic,
-so an error leaves no output folder behind.
+A reader thread reads the inputs of the next output tensors while the current ones are merged
+(two at once on the CPU) and written (file reads and torch kernels release the GIL), at most
+`READ_AHEAD` tensors ahead, so peak memory is a few times (number of inputs + 2) x the largest
+tensor, independent of depth. Every input tensor read is checked for NaN / Inf (named in the error); the writer is
+atomic, so an error leaves no output folder behind.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
+import queue
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.store import CheckpointStore
 from lsmerge.io.writer import CheckpointWriter
 from lsmerge.memory import return_freed_tensors_to_the_os
 from lsmerge.merge.weight.base import TensorContext
-from lsmerge.merge.weight.plan import MergePlan
+from lsmerge.merge.weight.plan import MergePlan, TensorTask
+
+READ_AHEAD = 2  # output tensors whose inputs may be read before their turn
 
 
 def _load(store: CheckpointStore, name: str) -> torch.Tensor:
@@ -37,14 +46,120 @@ def fit_rows(t: torch.Tensor, rows: int, fill: torch.Tensor) -> torch.Tensor:
     return torch.cat([t, fill[t.shape[0] : rows].to(t.dtype)], dim=0)
 
 
+def task_sources(plan: MergePlan, task: TensorTask) -> tuple[list[tuple[CheckpointStore, str]], tuple[CheckpointStore, str] | None]:
+    """(the method's inputs, the base) of one task as (store, tensor name); for a copied tensor
+    (params None) the one input it is copied from."""
+    if task.inputs is not None:
+        return task.inputs, task.base_input
+    if task.params is None:
+        return [(plan.reference, task.name)], None
+    return [(s, task.name) for s in plan.models], ((plan.base, task.name) if plan.base is not None else None)
+
+
+def _read_task(plan: MergePlan, task: TensorTask) -> dict[tuple[int, str], torch.Tensor]:
+    """Every distinct tensor a task reads, keyed by (id(store), name), each read once."""
+    inputs, base = task_sources(plan, task)
+    out: dict[tuple[int, str], torch.Tensor] = {}
+    for store, name in inputs + ([base] if base is not None else []):
+        key = (id(store), name)
+        if key not in out:
+            out[key] = _load(store, name)
+    return out
+
+
+def _read_ahead(plan: MergePlan) -> Iterator[tuple[TensorTask, dict]]:
+    """Yield (task, its tensors) in plan order; a daemon thread reads up to READ_AHEAD tasks ahead.
+    An error in the reader is raised here, at the task it hit."""
+    q: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
+    stop = threading.Event()
+
+    def reader():
+        try:
+            for task in plan.tasks:
+                if stop.is_set():
+                    return
+                q.put((task, _read_task(plan, task), None))
+        except BaseException as e:  # handed to the consumer
+            q.put((None, None, e))
+
+    thread = threading.Thread(target=reader, name="lsmerge-reader", daemon=True)
+    thread.start()
+    try:
+        for _ in plan.tasks:
+            task, tensors, error = q.get()
+            if error is not None:
+                raise error
+            yield task, tensors
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+def _merge_task(plan: MergePlan, task: TensorTask, tensors: dict, device: torch.device, grams) -> torch.Tensor:
+    """The output tensor of one task, in the reference input's dtype (the base's, else the first
+    input's) unless the plan sets one."""
+    inputs, base = task_sources(plan, task)
+
+    def take(src):
+        t = tensors[(id(src[0]), src[1])]
+        return t.to(plan.load_dtype) if plan.load_dtype is not None and t.is_floating_point() else t
+
+    ref_t = take(base) if base is not None else take(inputs[0])
+    if task.params is None:
+        return ref_t
+    out_dtype = plan.dtype or ref_t.dtype
+    xs = [take(s) for s in inputs]
+    base_t = take(base) if base is not None else None
+    if task.vocab is not None:
+        xs, base_t = task.vocab.apply(xs, base_t)
+    if task.vocab_rows is not None:
+        xs = [fit_rows(x, task.vocab_rows, ref_t) for x in xs]
+    del ref_t
+    xs = [x.to(device) for x in xs]
+    tensors.clear()  # xs is the only reference left: the method may release it
+    if base_t is not None:
+        base_t = base_t.to(device)
+    ctx = TensorContext(task.name, plan.seed, grams.get(task.name) if grams else None)
+    return plan.method.merge(xs, base_t, task.params, ctx).to(out_dtype)
+
+
+def merge_workers(plan: MergePlan) -> int:
+    """Tensors merged at once: 2 on the CPU (a merge's heavy kernels, such as TIES' sort, run on
+    one core; another tensor's merge fills the second), 1 on an accelerator."""
+    return 2 if plan.device == "cpu" and torch.get_num_threads() > 1 else 1
+
+
 def run_plan(plan: MergePlan, grams: dict[str, list[torch.Tensor]] | None = None, progress: bool = True):
-    """Execute a validated plan; returns the output folder."""
+    """Execute a validated plan; returns the output folder.
+
+    Three stages overlap: the reader thread reads ahead, `merge_workers` tensors are merged at
+    once, and the outputs are written in plan order (so the bytes do not depend on timing:
+    each merge is a pure function of its inputs)."""
+    from tqdm.auto import tqdm
+
     return_freed_tensors_to_the_os()
     ref = plan.reference
     device = torch.device(plan.device)
-    total = len(plan.tasks)
-    bar = tqdm(total=total, unit="tensor", desc=f"merge-weights {plan.method.name}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(plan.tasks), unit="tensor", desc=f"merge-weights {plan.method.name}", disable=not progress,
+               dynamic_ncols=True)
     start, read = time.perf_counter(), 0
+    workers = merge_workers(plan)
+    pending: collections.deque = collections.deque()
+
+    def write_oldest(writer: CheckpointWriter) -> None:
+        task, future = pending.popleft()
+        merged = future.result()
+        writer.add(task.name, merged.cpu())
+        del merged
+        bar.update(1)
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix_str(f"{read / elapsed / 1e6:.0f} MB/s", refresh=False)
+
     with CheckpointWriter(
         plan.out,
         source=ref.path,
@@ -53,30 +168,19 @@ def run_plan(plan: MergePlan, grams: dict[str, list[torch.Tensor]] | None = None
         overwrite=plan.overwrite,
         config=plan.provenance,
         dtype=plan.dtype,
-    ) as writer:
-        for task in plan.tasks:
-            ref_t = _load(ref, task.name)
-            read += ref_t.numel() * ref_t.element_size()
-            if task.params is None:
-                writer.add(task.name, ref_t)
-            else:
-                xs = []
-                for s in plan.models:
-                    x = ref_t if s is ref else _load(s, task.name)
-                    if s is not ref:
-                        read += x.numel() * x.element_size()
-                    if task.vocab_rows is not None:
-                        x = fit_rows(x, task.vocab_rows, ref_t)
-                    xs.append(x.to(device))
-                del x  # xs is the only reference left: the method may release it
-                base_t = ref_t.to(device) if plan.base is not None else None
-                ctx = TensorContext(task.name, plan.seed, grams.get(task.name) if grams else None)
-                merged = plan.method.merge(xs, base_t, task.params, ctx)
-                out_dtype = plan.dtype or ref_t.dtype
-                writer.add(task.name, merged.to(out_dtype).cpu())
-                del xs, base_t, merged
-            bar.update(1)
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix_str(f"{read / elapsed / 1e6:.0f} MB/s", refresh=False)
+        side_files=plan.side_files,
+    ) as writer, contextlib.closing(_read_ahead(plan)) as reads, ThreadPoolExecutor(workers, "lsmerge-merge") as pool:
+        try:
+            for task, tensors in reads:
+                read += sum(t.numel() * t.element_size() for t in tensors.values())
+                pending.append((task, pool.submit(_merge_task, plan, task, tensors, device, grams)))
+                del tensors
+                while len(pending) >= workers:
+                    write_oldest(writer)
+            while pending:
+                write_oldest(writer)
+        finally:
+            for _, future in pending:
+                future.cancel()
     bar.close()
     return writer.out

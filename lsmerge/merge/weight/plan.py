@@ -18,12 +18,23 @@ from lsmerge.merge.weight.selection import EMBED_KINDS, Selection
 
 @dataclass
 class TensorTask:
-    """One output tensor: copied from the reference (`params` None) or merged with `params`."""
+    """One output tensor: copied from the reference (`params` None) or merged with `params`.
+
+    By default every input and the base are read under the output's `name` (`plan.models`,
+    `plan.base`). A mergekit layout (slices, layer ranges, frankenmerges) names them instead:
+    `inputs` the method's inputs as (store, input tensor name), `base_input` the base's;
+    `group` all the tensors of mergekit's group in its order (inputs and base, as keys into
+    `inputs + [base_input]`), for `vocab`, a remapping of vocabulary rows to the output tokenizer
+    (`mergekit_vocab.VocabRemap`) applied before the merge.
+    """
 
     name: str
     kind: str
     params: dict[str, Any] | None
     vocab_rows: int | None = None  # rows to pad / truncate inputs to (vocabulary mismatch)
+    inputs: list[tuple[CheckpointStore, str]] | None = None
+    base_input: tuple[CheckpointStore, str] | None = None
+    vocab: Any = None
 
 
 @dataclass
@@ -42,6 +53,8 @@ class MergePlan:
     provenance: dict = field(default_factory=dict)
     calibration: Any = None
     report: list[str] = field(default_factory=list)
+    load_dtype: Any = None  # inputs rounded to this dtype as they are read (a mergekit recipe's `dtype`)
+    side_files: dict[str, Any] | None = None  # CheckpointWriter's side_files (output config, tokenizer)
 
     @property
     def reference(self) -> CheckpointStore:

@@ -46,8 +46,11 @@ def kth_largest(values: torch.Tensor, k: int) -> float:
     hi_rank, lo_rank = max(1, int(rank - margin)), min(m, int(rank + margin) + 1)  # ranks from the top
     ordered = sample.sort(descending=True).values
     hi, lo = ordered[hi_rank - 1], ordered[lo_rank - 1]
-    above = int((values > hi).sum())
+    above = int(torch.count_nonzero(values > hi))
     if above < k:
+        if bool(lo == hi):  # every entry in the bracket is the same value (e.g. an all-zero delta)
+            if above + int(torch.count_nonzero(values == hi)) >= k:
+                return float(hi)
         inside = values[(values >= lo) & (values <= hi)]
         if above + inside.numel() >= k:
             return float(inside.kthvalue(inside.numel() - (k - above) + 1).values)
@@ -85,12 +88,13 @@ def trim_to_density_(delta: torch.Tensor, density: float, tie_break: str = "inde
     magnitude = flat.abs().float()
     v = kth_largest(magnitude, k)
     at_least_v = magnitude >= v
-    if v == 0 or int(at_least_v.sum()) == k:
+    kept = int(torch.count_nonzero(at_least_v))
+    if v == 0 or kept == k:
         return delta.mul_(at_least_v.to(delta.dtype).view_as(delta))
     if tie_break == "index":
         tied = magnitude == v
         del magnitude
-        need = k - (int(at_least_v.sum()) - int(tied.sum()))  # tied entries that fit, >= 1
+        need = k - (kept - int(torch.count_nonzero(tied)))  # tied entries that fit, >= 1
         cut = int(tied.nonzero()[need - 1]) + 1  # keep ties before flat index `cut`
         at_least_v[cut:] &= ~tied[cut:]
         del tied

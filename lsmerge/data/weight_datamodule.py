@@ -52,6 +52,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lsmerge.data import chunking
+from lsmerge.data.importance import ImportanceStats, WeightedWindows
 from lsmerge.data.resume import ResumableLoader
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import KINDS, ArchitectureMap, expand_kinds
@@ -192,6 +193,8 @@ class WeightChunkDataModule(L.LightningDataModule):
         batch_size: windows per batch.
         num_workers: DataLoader worker processes.
         cache_dir: where the normalised chunk cache is written.
+        importance: input second moments (`lsmerge importance`): batches then carry each value's
+            column weight `col_weight` (T, chunk_size) for the VAE's output weighting.
     """
 
     def __init__(
@@ -212,6 +215,7 @@ class WeightChunkDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         cache_dir: str = "checkpoints/vae/cache",
+        importance: str | None = None,
     ):
         super().__init__()
         chunking.check_positive(chunk_size=chunk_size, tokens_per_sample=tokens_per_sample, batch_size=batch_size)
@@ -250,6 +254,11 @@ class WeightChunkDataModule(L.LightningDataModule):
         self.tensors = self._tensor_specs()
         self.num_layers = max(self.arch.num_layers(s.names) for s in self.stores)
         self.num_sources = len(self.stores)
+        self.importance = ImportanceStats.load(importance) if importance else None
+        for t in self.tensors if self.importance else []:  # every 2-d tensor has its statistics, before any output
+            if len(t["shape"]) == 2:
+                self.importance.for_tensor(t["name"], t["shape"])
+        self.importance_digest = self.importance.digest if self.importance else None
         self._train: ChunkWindows | None = None
         self._val: ChunkWindows | None = None
 
@@ -404,6 +413,9 @@ class WeightChunkDataModule(L.LightningDataModule):
         self.table = table
         self._train = ChunkWindows(path, table, train, lengths, self.tokens_per_sample)
         self._val = ChunkWindows(path, table, val, lengths, self.tokens_per_sample)
+        if self.importance is not None:
+            self._train, self._val = (WeightedWindows(d, table, self.importance, self.chunk_size, self.layout)
+                                      for d in (self._train, self._val))
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
         kw = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())

@@ -136,6 +136,7 @@ def apply(params: dict[str, torch.nn.Parameter], originals: dict[str, torch.Tens
 def codec_rows(a, originals: dict[str, torch.Tensor], family: str | None) -> list[tuple[str, str, float | None, object, dict]]:
     """PCA codec rows (rank a.pca_rank), with / without output weighting and the side channel."""
     from lsmerge.codecs.pca import PCACodec
+    from lsmerge.data.importance import weighted_error
 
     stats = None
     if a.importance:
@@ -157,9 +158,13 @@ def codec_rows(a, originals: dict[str, torch.Tensor], family: str | None) -> lis
             codec = SideChannelCodec(codec, a.side_channel, stats)
         name = (f"PCA rank {a.pca_rank} (ratio {a.chunk_size / a.pca_rank:g})" + (", output-weighted" if weighted else "")
                 + (f", side channel {a.side_channel:g}" if side else ""))
-        if side:
-            n0, w0 = next(iter(originals.items()))
-            info.update(codec.compression(n0, tuple(w0.shape), w0.dtype))
+        from lsmerge.codecs.side_channel import compression
+
+        n0, w0 = next(iter(originals.items()))  # every SmolLM2 MLP tensor has the same size
+        lat = codec.encode(n0, w0)
+        info.update(compression(w0.numel(), lat.z.numel() + lat.norm.numel(), 0 if lat.side is None else lat.side[0].numel()))
+        info["output_weighted_rel_error_first_tensor"] = (
+            math.sqrt(weighted_error(w0, codec.decode(n0, lat), stats.for_tensor(n0, w0.shape))) if stats else None)
         rows.append((name, "codec", None, lambda n, w, c=codec: c.decode(n, c.encode(n, w)), info))
     return rows
 

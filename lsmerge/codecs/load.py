@@ -9,26 +9,54 @@ from tqdm.auto import tqdm
 
 from lsmerge.codecs.base import Codec
 from lsmerge.codecs.pca import CODEC_JSON, PCACodec
+from lsmerge.codecs.side_channel import SideChannelCodec, check_fraction
+from lsmerge.data.importance import IMPORTANCE_FILE, ImportanceStats
 from lsmerge.errors import LsMergeError
 from lsmerge.io.ckpt import check_ckpt_path, is_url
 from lsmerge.io.compat import check_finite, model_family, same_family
 from lsmerge.io.store import CheckpointStore
 
 
-def load_codec(spec: str) -> Codec:
-    """A saved PCA codec folder, or a weight-VAE checkpoint (the one place the VAE plugs in)."""
+def load_codec(spec: str, importance: str | None = None, side_channel: float = 0.0) -> Codec:
+    """A saved PCA codec folder, or a weight-VAE checkpoint (the one place the VAE plugs in).
+
+    A codec fitted with importance weighting is loaded with its calibration statistics
+    (`importance`, default `importance.safetensors` beside it; the digest must match); with
+    `side_channel` q > 0 it is wrapped in a `SideChannelCodec` (saliency from those statistics,
+    or from `importance` for a plain codec)."""
+    if side_channel:
+        check_fraction(side_channel)
     if is_url(spec):
         check_ckpt_path(spec, "codec")  # refused: download it and pass the local file
     path = Path(spec).expanduser()
     if not path.exists():
         raise LsMergeError(f"codec {spec!r} not found: give `pca`, a saved PCA codec folder, or a trained VAE checkpoint.")
     if (path / CODEC_JSON).exists():
-        return PCACodec.load(path)
-    try:
-        from lsmerge.codecs.vae import VAECodec
-    except ImportError as e:
-        raise LsMergeError(f"{path} is not a PCA codec and the VAE codec is unavailable ({e}). Use codec: pca.") from None
-    return VAECodec.from_checkpoint(path)
+        codec = PCACodec.load(path, importance)
+        stats = codec.importance or (ImportanceStats.load(importance) if importance else None)
+    else:
+        try:
+            from lsmerge.codecs.vae import VAECodec
+        except ImportError as e:
+            raise LsMergeError(f"{path} is not a PCA codec and the VAE codec is unavailable ({e}). Use codec: pca.") from None
+        codec = VAECodec.from_checkpoint(path)
+        stats = vae_statistics(path, codec, importance)
+    return SideChannelCodec(codec, side_channel, stats) if side_channel else codec
+
+
+def vae_statistics(path: Path, codec, importance: str | None) -> ImportanceStats | None:
+    """The statistics of an output-weighted VAE (given, or beside its checkpoint), digest checked."""
+    digest = codec.model.hparams.get("importance_digest") if codec.model.hparams.get("output_weighting") else None
+    found = Path(importance) if importance else path.parent / IMPORTANCE_FILE
+    if digest is None:
+        return ImportanceStats.load(importance) if importance else None
+    if not found.is_file():
+        raise LsMergeError(f"the VAE {path} was trained with importance weighting (calibration digest {digest[:12]}) "
+                           f"and is used with its statistics, but {found} does not exist. Pass --importance with the "
+                           f"file of data.importance it was trained with, or copy it beside the checkpoint as {IMPORTANCE_FILE}.")
+    stats = ImportanceStats.load(found)
+    stats.check_digest(digest, f"the VAE {path}")
+    return stats
 
 
 def fit_pca(stores: Sequence[CheckpointStore], names: Sequence[str], *, chunk_size: int, rank: int | None,

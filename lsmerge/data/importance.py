@@ -84,14 +84,20 @@ class ImportanceStats:
     tokens: int = 0
     model: str = ""
 
-    def save(self, path: str | Path) -> Path:
+    def __post_init__(self):  # the file holds float32: in memory the same values, so a loaded copy codes alike
+        self.h = {k: v.detach().to(torch.float32).to(torch.float64) for k, v in self.h.items()}
+
+    def to_bytes(self) -> bytes:
+        """The safetensors file's bytes (h as float32; digest, tokens and model in the metadata)."""
         from safetensors.torch import save
 
+        meta = {"format": _FORMAT, "digest": self.digest, "tokens": str(self.tokens), "model": self.model}
+        return save({k: v.to(torch.float32).contiguous() for k, v in self.h.items()}, metadata=meta)
+
+    def save(self, path: str | Path) -> Path:
         from lsmerge.io.atomic import write_bytes_atomic
 
-        meta = {"format": _FORMAT, "digest": self.digest, "tokens": str(self.tokens), "model": self.model}
-        data = save({k: v.to(torch.float32).contiguous() for k, v in self.h.items()}, metadata=meta)
-        return write_bytes_atomic(path, data)
+        return write_bytes_atomic(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> "ImportanceStats":

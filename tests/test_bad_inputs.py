@@ -57,6 +57,7 @@ def bad(tiny_world, vae_fit_run, tmp_path_factory) -> SimpleNamespace:
     for i, name in enumerate(("deep_a", "deep_b")):
         make_tiny_llama(root / name, seed=10 + i, layers=4, hidden=64, pad_token_id=None, bos_token_id=1, eos_token_id=2)
     make_tiny_llama(root / "wide", seed=3, hidden=48, intermediate_size=128)
+    _weighted_pca_without_statistics(tiny_world.e1, root / "weighted_pca")
     return SimpleNamespace(root=root, w=tiny_world, vae=vae_fit_run / "last.ckpt", **{
         n: root / n for n in ("noconfig", "noconfig2", "nan", "mlp_codec", "deep_a", "deep_b", "wide")})
 
@@ -256,6 +257,26 @@ ROWS = [
      f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"], "config.json"),
     ("fit-bad-kind", lambda b, o: ["fit", "--config", "configs/vae/tiny.yaml", f"--data.checkpoints=[{b.w.e1}]",
      "--data.kinds=[norm_x]", f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"], "norm_x"),
+    # -- importance, side channel, output weighting (issue 13) -------------------------------------
+    ("importance-missing-calib", lambda b, o: ["importance", "--model", str(b.w.base), "--calibration",
+     json.dumps({"files": [str(b.root / "nope.txt")]}), "--out", o], "does not exist"),
+    ("importance-empty-calib", lambda b, o: ["importance", "--model", str(b.w.base), "--calibration",
+     json.dumps({"files": [str(b.root / "empty.txt")]}), "--out", o], "is empty"),
+    ("importance-blank-calib", lambda b, o: ["importance", "--model", str(b.w.base), "--calibration",
+     json.dumps({"files": [str(b.root / "blank.txt")]}), "--out", o], "is empty"),
+    ("importance-no-calib", lambda b, o: ["importance", "--model", str(b.w.base), "--out", o], "needs calibration text"),
+    ("export-side-channel-too-large", lambda b, o: ["export", "--vae", str(b.vae), "--model", str(b.deep_a),
+     "--side_channel", "0.7", "--out", o], "(0, 0.5]"),
+    ("export-side-channel-negative", lambda b, o: ["export", "--vae", str(b.vae), "--model", str(b.deep_a),
+     "--side_channel", "-0.01", "--out", o], "(0, 0.5]"),
+    ("merge-weighted-codec-no-statistics", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--kinds", "[mlp]",
+     "--codec", str(b.root / "weighted_pca"), "--progress", "false", "--out", o], "importance weighting"),
+    ("fit-output-weighting-no-importance", lambda b, o: ["fit", "--config", "configs/vae/tiny.yaml",
+     f"--data.checkpoints=[{b.w.e1}]", "--model.output_weighting=true", f"--data.cache_dir={o}/cache",
+     f"--trainer.default_root_dir={o}"], "data.importance"),
+    ("fit-importance-missing", lambda b, o: ["fit", "--config", "configs/vae/tiny.yaml", f"--data.checkpoints=[{b.w.e1}]",
+     f"--data.importance={b.root / 'none.safetensors'}", "--model.output_weighting=true", f"--data.cache_dir={o}/cache",
+     f"--trainer.default_root_dir={o}"], "do not exist"),
 ]
 
 
@@ -358,3 +379,16 @@ def test_read_text_replace_and_redact_url(tmp_path):
     assert "pw123" not in url and "abc123" not in url and "t0k" not in url and "bob" not in url
     assert url.startswith("https://api.example.com:8443/v1?") and "api-version=2024" in url
     assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+
+
+def _weighted_pca_without_statistics(model: Path, folder: Path) -> None:
+    """An output-weighted PCA codec of `model`'s MLP saved to `folder`, its importance file then removed."""
+    from lsmerge.codecs.pca import PCACodec
+    from lsmerge.data.importance import IMPORTANCE_FILE, ImportanceStats
+    from lsmerge.io.store import open_checkpoint
+
+    store = open_checkpoint(model)
+    names = [n for n in store.names if ".mlp." in n]
+    stats = ImportanceStats({n: torch.ones(store.shape(n)[1]) for n in names}, "ab" * 32)
+    PCACodec.fit(((n, [store.get(n)]) for n in names), chunk_size=16, rank=8, importance=stats).save(folder)
+    (folder / IMPORTANCE_FILE).unlink()

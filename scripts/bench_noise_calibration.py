@@ -37,6 +37,7 @@ import csv
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -185,6 +186,8 @@ def plot(rows: list[dict], corpora: list[str], path: Path) -> None:
             if r["family"] not in ("none", "iid"):
                 marker = {"prop": "^", "int8": "s", "int4": "D", "iid_keep_top": "x", "codec": "*"}[r["family"]]
                 ax.plot(100 * r["rel_error"], r["perplexity"][c] / base, marker, color=color)
+    if max(r["perplexity"][c] / rows[0]["perplexity"][c] for r in rows for c in corpora) > 3:
+        ax.set_yscale("log")
     ax.set_xlabel("relative Frobenius error of the perturbed tensors (%)")
     ax.set_ylabel("perplexity / base perplexity")
     ax.set_title("noise calibration (markers: ^ prop |w|, s int8, D int4, x top kept, * codec)", fontsize=8)
@@ -207,6 +210,7 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip_noise", action="store_true", help="only the base row and the codec rows")
+    p.add_argument("--only", default=None, help="regex: keep only the perturbation rows whose name matches")
     p.add_argument("--pca_rank", type=int, default=None, help="add PCA codec rows of this rank")
     p.add_argument("--chunk_size", type=int, default=64)
     p.add_argument("--layout", default="rows", choices=["flat", "rows"])
@@ -214,6 +218,8 @@ def main() -> None:
     p.add_argument("--side_channel", type=float, default=0.01, help="side-channel fraction of the codec rows with it")
     p.add_argument("--codec_rows", nargs="*", default=["plain", "s", "w", "ws"],
                    help="which codec rows: plain, s (side channel), w (output-weighted), ws (both)")
+    p.add_argument("--reference", default=None,
+                   help="noise_calibration.json of an earlier run on the same split: its rows join the plot")
     p.add_argument("--out", default="checkpoints/noise_calibration")
     a = p.parse_args()
 
@@ -236,7 +242,7 @@ def main() -> None:
            "settings": {k: v for k, v in vars(a).items()}, "load_before": os.getloadavg(), "rows": []}
     table = [("none", "none", 0.0, None, {})]
     if not a.skip_noise:
-        table += [(*r, {}) for r in perturbations(a.seed)]
+        table += [(*r, {}) for r in perturbations(a.seed) if a.only is None or re.search(a.only, r[0])]
     if a.pca_rank is not None:
         table += codec_rows(a, originals, arch.family.name)
     for name, family, nominal, fn, info in table:
@@ -258,7 +264,13 @@ def main() -> None:
         w.writerow(["row", "rel_error", *a.corpora])
         for r in res["rows"]:
             w.writerow([r["row"], f"{r['rel_error']:.5f}", *(f"{r['perplexity'][c]:.4f}" for c in a.corpora)])
-    plot(res["rows"], a.corpora, out / "noise_calibration.png")
+    rows = res["rows"]
+    if a.reference:
+        ref = json.loads(Path(a.reference).read_text())
+        if ref["settings"]["split"] != a.split or ref["settings"]["max_tokens"] != a.max_tokens:
+            raise SystemExit(f"--reference {a.reference} was scored on another split or token count")
+        rows = rows[:1] + [r for r in ref["rows"] if r["family"] != "none"] + rows[1:]
+    plot(rows, a.corpora, out / "noise_calibration.png")
     print(f"wrote {out}/noise_calibration.json, .csv, .png")
 
 

@@ -106,6 +106,18 @@ def test_output_weighting_round_trips_through_lsmerge_fit(vae_llama, tmp_path, m
           f"--trainer.callbacks.init_args.dirpath={tmp_path}/run"])
     hp = read_vae_checkpoint(tmp_path / "run" / "last.ckpt")["hyper_parameters"]
     assert hp["output_weighting"] is True and hp["importance_digest"] == stats.digest and hp["layout"] == "rows"
+    from lsmerge.codecs.load import load_codec
+    from lsmerge.codecs.side_channel import SideChannelCodec
+
+    with pytest.raises(LsMergeError, match="trained with importance weighting.*does not exist"):
+        load_codec(str(tmp_path / "run" / "last.ckpt"))  # its statistics are not beside it
+    codec = load_codec(str(tmp_path / "run" / "last.ckpt"), str(tmp_path / "importance.safetensors"), side_channel=0.01)
+    assert isinstance(codec, SideChannelCodec) and codec.importance.digest == stats.digest
+    name = "model.layers.0.mlp.down_proj.weight"
+    w = store.get(name).float()
+    out = codec.decode(name, codec.encode(name, w))
+    idx = codec.encode(name, w).side[0]
+    assert torch.equal(out.view(-1)[idx], w.view(-1)[idx])
     from lsmerge.data.weight_datamodule import WeightChunkDataModule
 
     dm = WeightChunkDataModule(checkpoints=[vae_llama], kinds=["mlp"], chunk_size=32, layout="rows", tokens_per_sample=16,

@@ -14,10 +14,11 @@ perturbation, the model is scored, and W is restored:
 - `int4 per group g`: symmetric round-to-nearest, levels -7..7, scale max|group| / 7 per group
   of `g` consecutive values of a row.
 
-Codec rows (`--pca_rank r`): every tensor through a PCA codec of rank r fitted on the tensors
-themselves (`lsmerge.codecs.pca`), with output weighting (`--importance FILE`, the statistics of
-`lsmerge importance`) and / or the exact side channel (`--side_channel q`), one row per
-combination asked for (see `--codec_rows`).
+Codec rows (`--pca_rank r`, or `--vae CKPT`): every tensor through a PCA codec of rank r fitted on
+the tensors themselves (`lsmerge.codecs.pca`) or through a trained weight VAE, with output
+weighting (PCA; `--importance FILE`, the statistics of `lsmerge importance`) and / or the exact
+side channel (`--side_channel q`), one row per combination asked for (see `--codec_rows`).
+With `--importance` every row also states its output-weighted relative error.
 
 Scoring is the results pipeline's: `lsmerge.evaluate.perplexity.encode_text` and
 `perplexity_of_ids` on `<root>/corpora/<corpus>/<split>.txt`, the first `max_tokens` tokens,
@@ -81,6 +82,34 @@ def int4_groups(w: torch.Tensor, group: int = 64) -> torch.Tensor:
     return q.view(rows, -1)[:, :cols]
 
 
+class RoundingCodec:
+    """int8 / int4 rounding behind the `Codec` protocol (z holds the rounded tensor; the stated size
+    counts it at 8 or 4 bits per value plus a float32 scale per row or group), so the exact side
+    channel can wrap a lossy codec whose error is not spread like noise."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.chunk_size, self.bits, self.group = (None, 8, None) if kind == "int8" else (None, 4, 64)
+
+    def covers(self, name: str) -> bool:
+        return True
+
+    def encode(self, name: str, weight: torch.Tensor):
+        from lsmerge.codecs.base import TensorLatent
+
+        q = int8_rows(weight.float()) if self.kind == "int8" else int4_groups(weight.float(), 64)
+        return TensorLatent(z=q, norm=torch.zeros(0), shape=tuple(weight.shape))
+
+    def decode(self, name: str, latent) -> torch.Tensor:
+        return latent.z.clone()
+
+    def latent_values(self, shape) -> float:
+        """float32-equivalent values stored: bits/32 per weight plus one scale per row / group."""
+        rows, cols = shape
+        scales = rows if self.kind == "int8" else rows * math.ceil(cols / 64)
+        return rows * cols * self.bits / 32 + scales
+
+
 def perturbations(seed: int) -> list[tuple[str, str, float | None, object]]:
     """(name, family, nominal relative error, fn(name, w) -> w') for every row of the curve."""
     def gen(name: str) -> torch.Generator:
@@ -120,52 +149,64 @@ def score(model, ids: dict[str, torch.Tensor], a, pad_id: int) -> dict[str, floa
     return out
 
 
-def apply(params: dict[str, torch.nn.Parameter], originals: dict[str, torch.Tensor], fn) -> tuple[float, float]:
-    """Set every parameter to fn(name, W); (global relative error, mean per-tensor relative error)."""
-    err2 = ref2 = 0.0
+def apply(params: dict[str, torch.nn.Parameter], originals: dict[str, torch.Tensor], fn, stats=None) -> tuple:
+    """Set every parameter to fn(name, W); (global relative error, mean per-tensor relative error, global
+    output-weighted relative error sqrt(sum ||E diag(sqrt h)||^2 / sum ||W diag(sqrt h)||^2), None without stats)."""
+    err2 = ref2 = werr2 = wref2 = 0.0
     per = []
     with torch.no_grad():
         for name, w in originals.items():
             new = fn(name, w).to(w.dtype)
-            e2, r2 = float((new.double() - w.double()).pow(2).sum()), float(w.double().pow(2).sum())
+            d2 = (new.double() - w.double()).pow(2)
+            e2, r2 = float(d2.sum()), float(w.double().pow(2).sum())
             err2, ref2 = err2 + e2, ref2 + r2
+            if stats is not None:
+                h = stats.for_tensor(name, w.shape)[None, :]
+                werr2, wref2 = werr2 + float((d2 * h).sum()), wref2 + float((w.double().pow(2) * h).sum())
             per.append(math.sqrt(e2 / r2))
             params[name].copy_(new)
-    return math.sqrt(err2 / ref2), sum(per) / len(per)
+    return math.sqrt(err2 / ref2), sum(per) / len(per), (math.sqrt(werr2 / wref2) if stats is not None else None)
 
 
-def codec_rows(a, originals: dict[str, torch.Tensor], family: str | None) -> list[tuple[str, str, float | None, object, dict]]:
-    """PCA codec rows (rank a.pca_rank), with / without output weighting and the side channel."""
+def codec_rows(a, originals: dict[str, torch.Tensor], family: str | None, stats) -> list[tuple[str, str, float | None, object, dict]]:
+    """Codec rows: a PCA codec of rank a.pca_rank fitted on the tensors, or the VAE checkpoint a.vae;
+    per spec of a.codec_rows: plain, s (side channel, saliency w^2 h), m (side channel, saliency
+    w^2), w (output-weighted PCA), ws (both)."""
     from lsmerge.codecs.pca import PCACodec
-    from lsmerge.data.importance import weighted_error
+    from lsmerge.codecs.side_channel import SideChannelCodec, compression
 
-    stats = None
-    if a.importance:
-        from lsmerge.data.importance import ImportanceStats
+    vae = None
+    if a.rounding:
+        vae = RoundingCodec(a.rounding)
+    elif a.vae:
+        from lsmerge.codecs.vae import VAECodec
 
-        stats = ImportanceStats.load(a.importance)
+        vae = VAECodec.from_checkpoint(a.vae)
     rows = []
     for spec in a.codec_rows:
-        weighted, side = "w" in spec, "s" in spec
-        if weighted and stats is None:
+        weighted, side = "w" in spec, "s" in spec or "m" in spec
+        if (weighted or "s" in spec) and stats is None:
             raise SystemExit(f"codec row {spec!r} needs --importance")
-        codec = PCACodec.fit(((n, [w]) for n, w in originals.items()), chunk_size=a.chunk_size, rank=a.pca_rank,
-                             family=family, layout=a.layout, importance=stats if weighted else None)
-        info = {"rank": a.pca_rank, "chunk_size": a.chunk_size, "layout": a.layout, "output_weighting": weighted,
-                "side_channel": a.side_channel if side else 0.0}
+        if vae is not None:
+            if weighted:
+                raise SystemExit("output weighting of a VAE is a training option (lsmerge fit); use rows plain, s, m")
+            codec = vae
+            label = (a.rounding + (" per row" if a.rounding == "int8" else " per group 64")) if a.rounding else \
+                f"VAE {Path(a.vae).parent.name} (ratio {vae.chunk_size / vae.model.hparams.latent_dim:g})"
+        else:
+            codec = PCACodec.fit(((n, [w]) for n, w in originals.items()), chunk_size=a.chunk_size, rank=a.pca_rank,
+                                 family=family, layout=a.layout, importance=stats if weighted else None)
+            label = f"PCA rank {a.pca_rank} (ratio {a.chunk_size / a.pca_rank:g})"
         if side:
-            from lsmerge.codecs.side_channel import SideChannelCodec
-
-            codec = SideChannelCodec(codec, a.side_channel, stats)
-        name = (f"PCA rank {a.pca_rank} (ratio {a.chunk_size / a.pca_rank:g})" + (", output-weighted" if weighted else "")
-                + (f", side channel {a.side_channel:g}" if side else ""))
-        from lsmerge.codecs.side_channel import compression
-
+            codec = SideChannelCodec(codec, a.side_channel, stats if "s" in spec else None)
+        name = (label + (", output-weighted" if weighted else "") + (f", side channel {a.side_channel:g}" if side else "")
+                + (" by |w|" if "m" in spec else ""))
+        info = {"codec": a.vae or "pca", "output_weighting": weighted, "side_channel": a.side_channel if side else 0.0,
+                "saliency": None if not side else ("w^2 h" if "s" in spec else "w^2")}
         n0, w0 = next(iter(originals.items()))  # every SmolLM2 MLP tensor has the same size
         lat = codec.encode(n0, w0)
-        info.update(compression(w0.numel(), lat.z.numel() + lat.norm.numel(), 0 if lat.side is None else lat.side[0].numel()))
-        info["output_weighted_rel_error_first_tensor"] = (
-            math.sqrt(weighted_error(w0, codec.decode(n0, lat), stats.for_tensor(n0, w0.shape))) if stats else None)
+        stored = vae.latent_values(tuple(w0.shape)) if a.rounding else lat.z.numel() + lat.norm.numel()
+        info.update(compression(w0.numel(), stored, 0 if lat.side is None else lat.side[0].numel()))
         rows.append((name, "codec", None, lambda n, w, c=codec: c.decode(n, c.encode(n, w)), info))
     return rows
 
@@ -212,12 +253,16 @@ def main() -> None:
     p.add_argument("--skip_noise", action="store_true", help="only the base row and the codec rows")
     p.add_argument("--only", default=None, help="regex: keep only the perturbation rows whose name matches")
     p.add_argument("--pca_rank", type=int, default=None, help="add PCA codec rows of this rank")
+    p.add_argument("--vae", default=None, help="add codec rows of this weight-VAE checkpoint (rows plain, s, m)")
+    p.add_argument("--rounding", default=None, choices=["int8", "int4"],
+                   help="add codec rows of int8 / int4 rounding as a codec (rows plain, s, m): the side channel on it")
     p.add_argument("--chunk_size", type=int, default=64)
     p.add_argument("--layout", default="rows", choices=["flat", "rows"])
     p.add_argument("--importance", default=None, help="importance statistics (lsmerge importance) for output weighting")
     p.add_argument("--side_channel", type=float, default=0.01, help="side-channel fraction of the codec rows with it")
     p.add_argument("--codec_rows", nargs="*", default=["plain", "s", "w", "ws"],
-                   help="which codec rows: plain, s (side channel), w (output-weighted), ws (both)")
+                   help="which codec rows: plain, s (side channel, saliency w^2 h), m (side channel, saliency w^2), "
+                        "w (output-weighted PCA), ws (both)")
     p.add_argument("--reference", default=None,
                    help="noise_calibration.json of an earlier run on the same split: its rows join the plot")
     p.add_argument("--out", default="checkpoints/noise_calibration")
@@ -243,13 +288,19 @@ def main() -> None:
     table = [("none", "none", 0.0, None, {})]
     if not a.skip_noise:
         table += [(*r, {}) for r in perturbations(a.seed) if a.only is None or re.search(a.only, r[0])]
-    if a.pca_rank is not None:
-        table += codec_rows(a, originals, arch.family.name)
+    stats = None
+    if a.importance:
+        from lsmerge.data.importance import ImportanceStats
+
+        stats = ImportanceStats.load(a.importance)
+    if a.pca_rank is not None or a.vae or a.rounding:
+        table += codec_rows(a, originals, arch.family.name, stats)
     for name, family, nominal, fn, info in table:
         t0 = time.perf_counter()
-        rel, rel_mean = apply(params, originals, fn) if fn is not None else (0.0, 0.0)
+        rel, rel_mean, rel_w = apply(params, originals, fn, stats) if fn is not None else (0.0, 0.0, 0.0)
         ppl = score(model, ids, a, pad_id)
         row = {"row": name, "family": family, "nominal": nominal, "rel_error": rel, "rel_error_mean_per_tensor": rel_mean,
+               "output_weighted_rel_error": rel_w,
                "perplexity": ppl, "seconds": round(time.perf_counter() - t0, 1), **info}
         res["rows"].append(row)
         print(json.dumps(row), flush=True)

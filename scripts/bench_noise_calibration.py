@@ -201,7 +201,7 @@ def codec_rows(a, originals: dict[str, torch.Tensor], family: str | None, stats)
             codec = SideChannelCodec(codec, a.side_channel, stats if "s" in spec else None)
         name = (label + (", output-weighted" if weighted else "") + (f", side channel {a.side_channel:g}" if side else "")
                 + (" by |w|" if "m" in spec else ""))
-        info = {"codec": a.vae or "pca", "output_weighting": weighted, "side_channel": a.side_channel if side else 0.0,
+        info = {"codec": a.rounding or a.vae or "pca", "output_weighting": weighted, "side_channel": a.side_channel if side else 0.0,
                 "saliency": None if not side else ("w^2 h" if "s" in spec else "w^2")}
         n0, w0 = next(iter(originals.items()))  # every SmolLM2 MLP tensor has the same size
         lat = codec.encode(n0, w0)

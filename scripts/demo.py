@@ -111,7 +111,7 @@ def main() -> None:
     from lsmerge.evaluate.summary import format_table, merge_summary, read_perplexity
 
     t0 = time.perf_counter()
-    step("fetch", "fetch", "--models", "[smollm2]")
+    step("fetch", "fetch", "--models", "[smollm2]", "--corpora", f"[{','.join(DOMAINS)}]")
     for domain in DOMAINS:
         train_demo_expert(domain, args.expert_minutes, args.lora_layers, args.threads)
     merges = merge_steps()

@@ -1,4 +1,5 @@
-"""Two LoRA experts of SmolLM2-135M-Instruct, Shakespeare and Python source, on CPU (resumable, cached).
+"""LoRA experts of SmolLM2-135M-Instruct, one per text domain (Shakespeare, Python source,
+JavaScript source, English technical docs), on CPU (resumable, cached by recipe).
 
 Each expert is trained on its corpus's fixed train split (`lsmerge fetch` prepares
 `checkpoints/corpora/<domain>/train.txt`; this script runs it for the corpora if they are
@@ -10,14 +11,17 @@ missing) and written as
     checkpoints/experts/smollm2-135m-expert-<domain>-perplexity.json
 
 with the merged names the shipped configs use: `smollm2-135m-expert` is the Shakespeare expert,
-`smollm2-135m-expert2` the Python one. Then base and experts are scored on each domain's
+`smollm2-135m-expert2` the Python one, `smollm2-135m-expert3` the JavaScript one and
+`smollm2-135m-expert4` the docs one. Then base and experts are scored on each domain's
 validation split (held out) and a table is printed.
 
 A killed run continues from its last saved step when started again; a finished expert is
-skipped (and its evaluation too, when its JSON exists). Budgets are per expert; `--minutes`
+skipped (and its evaluation too, when its JSON exists) only when its outputs were written from
+its own state: base, train text and hyperparameters are the expert's cache key
+(`lsmerge.experts.recipe_key`), and outputs of a shorter or longer run are rewritten. Budgets are per expert; `--minutes`
 counts training time over all runs of that expert. Defaults: see `lsmerge.experts.ExpertConfig`.
 
-    python scripts/make_experts.py [--minutes 30] [--max-steps N] [--domains shakespeare python]
+    python scripts/make_experts.py [--minutes 30] [--max-steps N] [--domains shakespeare python javascript docs]
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 from lsmerge.data.corpora import corpus_path, corpus_ready  # noqa: E402
 from lsmerge.experts import DEFAULT_TARGET_MODULES, ExpertConfig, evaluate_expert, format_table, perplexity_on_texts, train_expert  # noqa: E402
 
-MERGED_NAMES = {"shakespeare": "smollm2-135m-expert", "python": "smollm2-135m-expert2"}
+MERGED_NAMES = {"shakespeare": "smollm2-135m-expert", "python": "smollm2-135m-expert2",
+                "javascript": "smollm2-135m-expert3", "docs": "smollm2-135m-expert4"}
 
 
 def main() -> None:

@@ -5,8 +5,11 @@
 Runs the plan (see `lsmerge.results.plan`): fetches the models and corpora and builds the
 experts when missing, trains the VAE runs, builds and scores every row, runs the hidden-state
 sweep, the kurtosis figures and the pairwise judge, then writes the table (`results:`) and the
-PNG plots (`plots_dir:`). Everything is cached under the plan's `out_dir`, keyed by the command
-and config that made it: a second run redoes only what changed, a killed run resumes.
+PNG plots (`plots_dir:`). Every row carries a paired-bootstrap interval over the scoring windows
+against its section's reference row, and the summary number over the corpora (see `bootstrap:`,
+`domain_experts:` and `references:` in the plan). Everything is cached under the plan's `out_dir`,
+keyed by the command and config that made it: a second run redoes only what changed, a killed run
+resumes.
 """
 
 from __future__ import annotations

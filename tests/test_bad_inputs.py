@@ -6,11 +6,14 @@ for byte as it was. A regression guard over all commands; plus merge determinism
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -57,9 +60,13 @@ def bad(tiny_world, vae_fit_run, tmp_path_factory) -> SimpleNamespace:
     for i, name in enumerate(("deep_a", "deep_b")):
         make_tiny_llama(root / name, seed=10 + i, layers=4, hidden=64, pad_token_id=None, bos_token_id=1, eos_token_id=2)
     make_tiny_llama(root / "wide", seed=3, hidden=48, intermediate_size=128)
+    # a task-vector codec built on base with experts e1, e2
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(["merge", "--models", f"[{tiny_world.e1},{tiny_world.e2}]", "--base", str(tiny_world.base), "--codec", "task_vector",
+              "--save_codec", str(root / "tv_codec"), "--out", str(root / "tv_run"), "--progress", "false"])
     _weighted_pca_without_statistics(tiny_world.e1, root / "weighted_pca")
     return SimpleNamespace(root=root, w=tiny_world, vae=vae_fit_run / "last.ckpt", **{
-        n: root / n for n in ("noconfig", "noconfig2", "nan", "mlp_codec", "deep_a", "deep_b", "wide")})
+        n: root / n for n in ("noconfig", "noconfig2", "nan", "mlp_codec", "deep_a", "deep_b", "wide", "tv_codec")})
 
 
 def _tree_digest(paths) -> dict[str, str]:
@@ -257,6 +264,51 @@ ROWS = [
      f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"], "config.json"),
     ("fit-bad-kind", lambda b, o: ["fit", "--config", "configs/vae/tiny.yaml", f"--data.checkpoints=[{b.w.e1}]",
      "--data.kinds=[norm_x]", f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"], "norm_x"),
+    # -- evaluate: token counts and intervals against a reference ---------------------------------
+    ("eval-min-tokens", lambda b, o: ["evaluate", "--models", f"[{b.w.base}]", "--texts", f"[{b.w.text}]", "--min_tokens", "100000",
+     "--out", o], "are needed (--min_tokens)"),
+    ("eval-reference-resamples", lambda b, o: ["evaluate", "--models", f"[{b.w.e1}]", "--texts", f"[{b.w.text}]", "--reference",
+     str(b.w.base), "--resamples", "0", "--out", o], "resamples=0"),
+    # -- evaluate --tasks (lm-eval; these checks run before lm-eval is needed) -------------------
+    ("eval-unknown-task", lambda b, o: ["evaluate", "--models", f"[{b.w.base}]", "--tasks", "[bogus_task]", "--root",
+     str(b.root), "--out", o], "unknown task 'bogus_task'. Available here"),
+    ("eval-task-bad-row", lambda b, o: ["evaluate", "--models", f"[{b.w.base}]", "--tasks", "[bad_rows]", "--task_dir",
+     _bad_task_dir(), "--out", o], "rows.jsonl row 2 is not valid JSON"),
+    ("eval-mixes-without-tasks", lambda b, o: ["evaluate", "--mixes", f"[{{base: {b.w.base}, fine_tuned: [{b.w.e1}]}}]",
+     "--texts", f"[{b.w.text}]", "--out", o], "pass --tasks"),
+    # -- task-vector codec (merge --codec task_vector, fit data.source task_codes) -------------------
+    ("merge-tv-no-experts", lambda b, o: ["merge", "--method", "task_arithmetic", "--models", "[]", "--base", str(b.w.base),
+     "--codec", "task_vector", "--progress", "false", "--out", o], "no models given"),
+    ("merge-tv-lerp-one-expert", lambda b, o: ["merge", "--models", f"[{b.w.e1}]", "--base", str(b.w.base), "--codec",
+     "task_vector", "--progress", "false", "--out", o], "lerp takes"),
+    ("merge-tv-no-base", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--codec", "task_vector",
+     "--progress", "false", "--out", o], "set base"),
+    ("merge-tv-rank-fraction-high", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--base", str(b.w.base),
+     "--codec", "task_vector", "--rank_fraction", "1.5", "--progress", "false", "--out", o], "(0, 1]"),
+    ("merge-tv-rank-fraction-zero", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--base", str(b.w.base),
+     "--codec", "task_vector", "--rank_fraction", "0", "--progress", "false", "--out", o], "(0, 1]"),
+    ("merge-tv-base-shapes", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--base", str(b.wide),
+     "--codec", "task_vector", "--progress", "false", "--out", o], "shape"),
+    ("merge-tv-base-names", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--base", str(b.w.deep),
+     "--codec", "task_vector", "--progress", "false", "--out", o], "deep"),
+    ("merge-tv-other-experts", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e3}]", "--base", str(b.w.base),
+     "--codec", str(b.tv_codec), "--progress", "false", "--out", o], "another set"),
+    ("merge-tv-other-base", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--base", str(b.w.e3),
+     "--codec", str(b.tv_codec), "--progress", "false", "--out", o], "built on base"),
+    ("merge-tv-delta", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--base", str(b.w.base),
+     "--codec", "task_vector", "--delta", "weight", "--progress", "false", "--out", o], "delta: none"),
+    ("fit-task-codes-no-base", lambda b, o: ["fit", "--config", "configs/vae/tiny_task_codes.yaml", "--data.base=null",
+     f"--data.checkpoints=[{b.w.e1},{b.w.e2}]", f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"], "data.base"),
+    ("fit-task-codes-rank", lambda b, o: ["fit", "--config", "configs/vae/tiny_task_codes.yaml", f"--data.base={b.w.base}",
+     "--data.rank_fraction=0", f"--data.checkpoints=[{b.w.e1},{b.w.e2}]", f"--data.cache_dir={o}/cache",
+     f"--trainer.default_root_dir={o}"], "(0, 1]"),
+    ("fit-task-codes-other-base", lambda b, o: ["fit", "--config", "configs/vae/tiny_task_codes.yaml", f"--data.base={b.wide}",
+     f"--data.checkpoints=[{b.w.e1},{b.w.e2}]", f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"],
+     "not fine-tuned from this base"),
+    ("merge-tv-hetero", lambda b, o: ["merge", "--method", "hetero", "--models", f"[{b.w.base},{b.w.deep}]", "--codec",
+     "task_vector", "--progress", "false", "--out", o], "codes experts of one base"),
+    ("merge-rank-fraction-pca", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--rank_fraction", "0.5", *_pca(),
+     "--out", o], "task-vector codec"),
     # -- importance, side channel, output weighting (issue 13) -------------------------------------
     ("importance-missing-calib", lambda b, o: ["importance", "--model", str(b.w.base), "--calibration",
      json.dumps({"files": [str(b.root / "nope.txt")]}), "--out", o], "does not exist"),
@@ -281,9 +333,9 @@ ROWS = [
 
 
 def test_matrix_has_every_command():
-    commands = {argv(SimpleNamespace(w=SimpleNamespace(**{k: Path(k) for k in ("e1", "e2", "base", "deep", "text")}),
+    commands = {argv(SimpleNamespace(w=SimpleNamespace(**{k: Path(k) for k in ("e1", "e2", "base", "deep", "text", "e3")}),
                                      **{k: Path(k) for k in ("root", "noconfig", "noconfig2", "nan", "mlp_codec", "deep_a",
-                                                             "deep_b", "wide", "vae")}), "o")[0] for _, argv, _ in ROWS}
+                                                             "deep_b", "wide", "vae", "tv_codec")}), "o")[0] for _, argv, _ in ROWS}
     assert len(ROWS) >= 60
     assert commands >= {"merge-weights", "merge", "export", "evaluate", "generate", "steer", "sweep", "judge", "inspect",
                         "import-gguf", "fit"}
@@ -381,6 +433,15 @@ def test_read_text_replace_and_redact_url(tmp_path):
     assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
 
 
+@functools.cache
+def _bad_task_dir() -> str:
+    """A task folder (outside the matrix's inputs) whose task `bad_rows` has a broken second row."""
+    d = Path(tempfile.mkdtemp(prefix="lsmerge-bad-tasks-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    (d / "rows.jsonl").write_text(json.dumps({"context": "a", "choices": ["b", "c"], "label": 0}) + "\n{not json\n")
+    (d / "bad_rows.yaml").write_text(f"task: bad_rows\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+                                     f"    test: {d / 'rows.jsonl'}\noutput_type: multiple_choice\n")
+    return str(d)
 def _weighted_pca_without_statistics(model: Path, folder: Path) -> None:
     """An output-weighted PCA codec of `model`'s MLP saved to `folder`, its importance file then removed."""
     from lsmerge.codecs.pca import PCACodec

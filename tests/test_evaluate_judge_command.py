@@ -12,8 +12,8 @@ from lsmerge.errors import LsMergeError
 from lsmerge.evaluate.judge.command import judge, run_judge
 from lsmerge.evaluate.judge.local import LocalJudge
 from lsmerge.evaluate.judge.responses import pair_responses, read_responses, swapped_asks
-from lsmerge.evaluate.judge.stats import wilson_interval
-from tests.judge_helpers import FixedJudge, good_and_bad_sets, make_judge_model
+from lsmerge.evaluate.judge.stats import POSITION_BIASED, format_summary, wilson_interval
+from tests.judge_helpers import PROMPTS, FixedJudge, good_and_bad_sets, make_judge_model
 
 
 @pytest.fixture
@@ -30,12 +30,18 @@ def test_position_bias_gives_ties_and_a_fair_judge_wins(tmp_path, sets):
     pairs = pair_responses(*(read_responses(p) for p in sets))
     biased = run_judge(pairs, FixedJudge(lambda a: "first"))
     assert biased["summary"]["ties"] == 4 and biased["summary"]["position_flips"] == 4
+    # a judge that always prefers the first answer gives no verdict, not four ties
+    assert biased["summary"]["position_biased"] and POSITION_BIASED in format_summary(biased["summary"], "a", "b", "fixed")
     fair = FixedJudge(lambda a: "first" if "good" in a.first else "second")
     result = run_judge(pairs, fair)
     assert len(fair.asks) == 8 and fair.asks[:4] == swapped_asks(pairs)[0] and fair.asks[4:] == swapped_asks(pairs)[1]
     assert [r["winner"] for r in result["pairs"]] == ["A"] * 4
     assert result["pairs"][0]["b_first"] == {"choice": "second", "prefers": "A"}
     assert result["summary"]["position_flips"] == 0
+    assert not result["summary"]["position_biased"] and POSITION_BIASED not in format_summary(result["summary"], "a", "b", "fair")
+    # exactly half of the pairs flipping is not more than half: still a verdict
+    half = run_judge(pairs, FixedJudge(lambda a: "first" if "good" in a.first or a.prompt in PROMPTS[:2] else "second"))
+    assert half["summary"]["position_flips"] == 2 and not half["summary"]["position_biased"]
 
 
 # -- the local judge -------------------------------------------------------------------------

@@ -50,3 +50,46 @@ def test_local_judge_plain_text_and_unknown_verdict_tokens(judge_model):
     assert not LocalJudge(model, judge_tokenizer(chat=False)).use_chat
     with pytest.raises(LsMergeError, match="cannot tell the verdicts"):
         LocalJudge(model, judge_tokenizer(chat=False, verdict_words=False))
+
+
+GEMMA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn> {{ 'model' if m['role'] == 'assistant' else m['role'] }} "
+                  "{{ m['content'] }} <end_of_turn> {% endfor %}{% if add_generation_prompt %}<start_of_turn> model {% endif %}")
+
+
+def _bos_tokenizer(template: str | None):
+    """A word-level tokenizer that, like Gemma's, puts <bos> before plain text; with a chat template."""
+    from tokenizers import processors
+
+    from conftest import word_tokenizer
+    from lsmerge.evaluate.judge.verdicts import JUDGE_INSTRUCTION, JUDGE_QUESTION
+    from tests.judge_helpers import BAD, GOOD, PROMPTS
+
+    words = " ".join([JUDGE_INSTRUCTION, JUDGE_QUESTION, *PROMPTS, *GOOD, *BAD, "Answer : user model"])
+    tok = word_tokenizer([words], specials=["<unk>", "<pad>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+                         unk="<unk>", chat_template=template, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>")  # fmt: skip
+    bos = tok.convert_tokens_to_ids("<bos>")
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    return tok
+
+
+def test_gemma3_as_local_judge(sets):
+    """Gemma-3 (tiny, random) judges through its kind of chat template: one BOS, the user turn, the
+    model's turn opened; without a BOS in the template one is still put first; verdicts are read."""
+    from conftest import tiny_causal_lm
+
+    model = tiny_causal_lm(4, layers=2, hidden=48, vocab=128, family="gemma3", pad_token_id=1)
+    tok = _bos_tokenizer(GEMMA_TEMPLATE)
+    bos, sot = tok.convert_tokens_to_ids("<bos>"), tok.convert_tokens_to_ids("<start_of_turn>")
+    gemma = LocalJudge(model, tok, batch_size=2)
+    ids = gemma.encode(Ask("say hello", "hello good", "bye"))
+    assert gemma.use_chat and ids[:3] == [bos, sot, tok.convert_tokens_to_ids("user")] and ids.count(bos) == 1
+    assert ids[-2:] == [sot, tok.convert_tokens_to_ids("model")]
+    assert gemma.label_ids == tok.convert_tokens_to_ids(["A", "B"])
+    no_bos = LocalJudge(model, _bos_tokenizer(GEMMA_TEMPLATE.removeprefix("{{ bos_token }}")))
+    assert no_bos.encode(Ask("say hello", "hello good", "bye")) == ids
+    plain = LocalJudge(model, tok, chat_template=False).encode(Ask("say hello", "hello good", "bye"))
+    assert plain[0] == bos and plain.count(bos) == 1
+    pairs = pair_responses(*(read_responses(p) for p in sets))
+    result = run_judge(pairs, gemma)
+    assert result["summary"]["pairs"] == 4 and torch.isfinite(torch.tensor(
+        [[r[k]["logprob_first"], r[k]["logprob_second"]] for r in result["pairs"] for k in ("a_first", "b_first")])).all()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lsmerge.errors import LsMergeError
-from lsmerge.evaluate.perplexity import IGNORE_INDEX, collate_windows, encode_text, perplexity_of_ids, sliding_windows
+from lsmerge.evaluate.perplexity import IGNORE_INDEX, collate_windows, encode_text, perplexity_of_ids, sliding_windows, window_nlls
 from conftest import tiny_causal_lm
 from tests.evaluate_helpers import sample_text, word_tokenizer
 
@@ -121,6 +121,22 @@ def test_short_windows_lose_context():
     windowed = perplexity_of_ids(model, ids, max_length=6, stride=3)
     assert full[2] == windowed[2] == 59
     assert full[0] != pytest.approx(windowed[0], rel=1e-6)  # different contexts give a different score
+
+
+def test_window_nlls_score_each_window_by_hand_and_sum_to_the_perplexity():
+    model = tiny_llama(3)
+    ids = torch.randint(3, 128, (30,), generator=torch.Generator().manual_seed(4))
+    sums, counts = window_nlls(model, ids, max_length=12, stride=8, batch_size=2, pad_id=5)
+    windows = sliding_windows(ids, 12, 8)
+    assert sums.dtype == torch.float64 and sums.shape == counts.shape == (len(windows),)
+    with torch.no_grad():
+        for k, (inp, lab) in enumerate(windows):  # one window at a time, no padding
+            logits = model(input_ids=inp[None]).logits[0, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits, lab[1:], ignore_index=IGNORE_INDEX, reduction="sum")
+            assert counts[k] == (lab[1:] != IGNORE_INDEX).sum() and sums[k].item() == pytest.approx(nll.item(), rel=1e-5)
+    ppl, nll, count, n_windows = perplexity_of_ids(model, ids, max_length=12, stride=8)
+    assert count == counts.sum() == 29 and n_windows == len(windows)
+    assert nll == pytest.approx(sums.sum().item() / 29, rel=1e-6)
 
 
 # -- text to token ids -----------------------------------------------------------------------

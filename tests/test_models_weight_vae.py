@@ -111,7 +111,7 @@ def test_output_weighting_round_trips_through_lsmerge_fit(vae_llama, tmp_path, m
 
     with pytest.raises(LsMergeError, match="trained with importance weighting.*does not exist"):
         load_codec(str(tmp_path / "run" / "last.ckpt"))  # its statistics are not beside it
-    codec = load_codec(str(tmp_path / "run" / "last.ckpt"), str(tmp_path / "importance.safetensors"), side_channel=0.01)
+    codec = load_codec(str(tmp_path / "run" / "last.ckpt"), importance=str(tmp_path / "importance.safetensors"), side_channel=0.01)
     assert isinstance(codec, SideChannelCodec) and codec.importance.digest == stats.digest
     name = "model.layers.0.mlp.down_proj.weight"
     w = store.get(name).float()

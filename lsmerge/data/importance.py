@@ -136,6 +136,18 @@ class ImportanceStats:
         return {"digest": self.digest, "tokens": self.tokens, "model": self.model, "tensors": len(self.h)}
 
 
+def statistics_for(path: str | None, tensors: list[dict]) -> ImportanceStats | None:
+    """The statistics at `path` (None without one), checked to cover every 2-d tensor of `tensors`
+    ([{name, shape}], as `WeightChunkDataModule.tensors`) before anything is written."""
+    if not path:
+        return None
+    stats = ImportanceStats.load(path)
+    for t in tensors:
+        if len(t["shape"]) == 2:
+            stats.for_tensor(t["name"], t["shape"])
+    return stats
+
+
 def chunk_column_weights(weights: torch.Tensor, shape: Sequence[int], chunk_size: int, layout: str,
                          chunk_index: torch.Tensor) -> torch.Tensor:
     """Column weight of every value of the chunks `chunk_index` (T,) of a tensor of `shape` (out, in).
@@ -171,6 +183,11 @@ class WeightedWindows(Dataset):
         self.shapes = [tuple(rec["shape"]) for rec in table]
         self.weights = [column_weights(stats.for_tensor(rec["name"], rec["shape"])) if len(rec["shape"]) == 2 else None
                         for rec in table]
+
+    @classmethod
+    def wrap(cls, stats: ImportanceStats | None, table: list[dict], chunk_size: int, layout: str, *datasets) -> tuple:
+        """The datasets wrapped with their column weights (as they are when `stats` is None)."""
+        return tuple(d if stats is None else cls(d, table, stats, chunk_size, layout) for d in datasets)
 
     def __len__(self) -> int:
         return len(self.windows)

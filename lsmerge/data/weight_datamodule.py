@@ -45,6 +45,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Literal, get_args
 
 import lightning as L
 import numpy as np
@@ -52,8 +53,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lsmerge.data import chunking
-from lsmerge.data.importance import ImportanceStats, WeightedWindows
+from lsmerge.data.importance import WeightedWindows, statistics_for
 from lsmerge.data.resume import ResumableLoader
+from lsmerge.data.task_codes import task_code_source
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import KINDS, ArchitectureMap, expand_kinds
 from lsmerge.io.hf import resolve_model
@@ -61,6 +63,8 @@ from lsmerge.io.store import CheckpointStore, open_checkpoint
 
 OUTLIER_FRACTION = 1e-3
 _CACHE_VERSION = 1
+Source = Literal["weights", "task_codes"]
+SOURCES = get_args(Source)
 
 
 def select_tensors(
@@ -193,8 +197,13 @@ class WeightChunkDataModule(L.LightningDataModule):
         batch_size: windows per batch.
         num_workers: DataLoader worker processes.
         cache_dir: where the normalised chunk cache is written.
-        importance: input second moments (`lsmerge importance`): batches then carry each value's
-            column weight `col_weight` (T, chunk_size) for the VAE's output weighting.
+        source: what a "tensor" is: `weights` (the checkpoints' weight tensors) or `task_codes` (per
+            2-d tensor and checkpoint, the coefficient block C_i = U_r^T (W_i - W_base), shape (r, in), in
+            the joint SVD basis of all checkpoints' task matrices: `lsmerge.data.task_codes`, what the
+            task-vector codec merges); the checkpoints are then the experts of `base`.
+        base: task_codes: the model the checkpoints were fine-tuned from.
+        rank_fraction: task_codes: fraction in (0, 1] of each tensor's joint rank kept (default: full).
+        importance: input second moments (`lsmerge importance`): batches carry `col_weight` (output weighting).
     """
 
     def __init__(
@@ -215,6 +224,9 @@ class WeightChunkDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         cache_dir: str = "checkpoints/vae/cache",
+        source: Source = "weights",
+        base: str | None = None,
+        rank_fraction: float | None = None,
         importance: str | None = None,
     ):
         super().__init__()
@@ -251,13 +263,17 @@ class WeightChunkDataModule(L.LightningDataModule):
                     f"{store.path}. Widen it (e.g. kinds: [mlp]) or check names with `lsmerge inspect`."
                 )
             self.selection.append(names)
+        if source not in SOURCES:
+            raise LsMergeError(f"data.source must be one of {SOURCES}, got {source!r}.")
+        if source == "weights" and (base is not None or rank_fraction is not None):
+            raise LsMergeError("data.base and data.rank_fraction belong to source: task_codes; remove them or set data.source.")
+        self.codes = None
+        if source == "task_codes":
+            self.codes, self.selection = task_code_source(base, self.stores, self.selection, rank_fraction)
         self.tensors = self._tensor_specs()
         self.num_layers = max(self.arch.num_layers(s.names) for s in self.stores)
         self.num_sources = len(self.stores)
-        self.importance = ImportanceStats.load(importance) if importance else None
-        for t in self.tensors if self.importance else []:  # every 2-d tensor has its statistics, before any output
-            if len(t["shape"]) == 2:
-                self.importance.for_tensor(t["name"], t["shape"])
+        self.importance = statistics_for(importance, self.tensors)
         self.importance_digest = self.importance.digest if self.importance else None
         self._train: ChunkWindows | None = None
         self._val: ChunkWindows | None = None
@@ -279,7 +295,7 @@ class WeightChunkDataModule(L.LightningDataModule):
         specs: dict[str, dict] = {}
         for store, names in zip(self.stores, self.selection):
             for name in names:
-                shape = list(store.shape(name))
+                shape = self._shape(store, name)
                 if name in specs and specs[name]["shape"] != shape:
                     raise LsMergeError(
                         f"tensor {name} has shape {specs[name]['shape']} in one checkpoint and {shape} in {store.path}; "
@@ -289,19 +305,23 @@ class WeightChunkDataModule(L.LightningDataModule):
                 specs.setdefault(name, {"name": name, "shape": shape, "layer": role.layer, "kind": role.kind})
         return list(specs.values())
 
+    def _shape(self, store: CheckpointStore, name: str) -> list[int]:
+        """The shape of what is trained on: the weight, or its task-code block (r, in)."""
+        return list(self.codes.code_shape(name) if self.codes is not None else store.shape(name))
+
+    def _records(self):
+        """(source, name) pairs in cache order: by source, or by name for task codes (one SVD per name)."""
+        if self.codes is None:
+            return [(i, n) for i, names in enumerate(self.selection) for n in names]
+        return [(i, n) for n in self.selection[0] for i in range(len(self.stores))]
+
     # -- cache ---------------------------------------------------------------------------------
     def cache_key(self) -> str:
-        blob = json.dumps(
-            {
-                "v": _CACHE_VERSION,
-                "sources": [[str(s.path), _file_fingerprint(s), names] for s, names in zip(self.stores, self.selection)],
-                "chunk_size": self.chunk_size,
-                "layout": self.layout,
-                "normalization": self.normalization,
-                "kappa": self.slog_kappa,
-            },
-            sort_keys=True,
-        )
+        codes = {} if self.codes is None else {"base": [str(self.codes.base.path), _file_fingerprint(self.codes.base)],
+                                               "rank_fraction": self.codes.rank_fraction}
+        blob = json.dumps({**codes, "v": _CACHE_VERSION, "chunk_size": self.chunk_size, "layout": self.layout,
+                           "sources": [[str(s.path), _file_fingerprint(s), names] for s, names in zip(self.stores, self.selection)],
+                           "normalization": self.normalization, "kappa": self.slog_kappa}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
     @property
@@ -317,22 +337,14 @@ class WeightChunkDataModule(L.LightningDataModule):
         created = not self.cache_dir.exists()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         table, total = [], 0
-        for source, (store, names) in enumerate(zip(self.stores, self.selection)):
-            for name in names:
-                n = chunking.num_chunks(store.shape(name), self.chunk_size, self.layout)
-                role = self.arch.role(name)
-                table.append(
-                    {
-                        "name": name,
-                        "source": source,
-                        "shape": list(store.shape(name)),
-                        "offset": total,
-                        "n_chunks": n,
-                        "layer_index": self.num_layers if role.layer is None else role.layer,
-                        "kind_index": KINDS.index(role.kind),
-                    }
-                )
-                total += n
+        for source, name in self._records():
+            shape = self._shape(self.stores[source], name)
+            n = chunking.num_chunks(shape, self.chunk_size, self.layout)
+            role = self.arch.role(name)
+            table.append({"name": name, "source": source, "shape": shape, "offset": total, "n_chunks": n,
+                          "layer_index": self.num_layers if role.layer is None else role.layer,
+                          "kind_index": KINDS.index(role.kind)})
+            total += n
         tmp = chunks_path.with_name(f"{chunks_path.name}.tmp-{os.getpid()}")
         tmp_table = table_path.with_name(f"{table_path.name}.tmp-{os.getpid()}")
         try:
@@ -352,7 +364,7 @@ class WeightChunkDataModule(L.LightningDataModule):
         arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(total, self.chunk_size))
         for rec in table:
             store = self.stores[rec["source"]]
-            w = store.get(rec["name"])
+            w = store.get(rec["name"]) if self.codes is None else self.codes.codes(rec["name"])[rec["source"]]
             if w.is_floating_point() and not bool(torch.isfinite(w).all()):
                 where = Path(store.path) / store.info(rec["name"]).file
                 raise LsMergeError(
@@ -413,9 +425,7 @@ class WeightChunkDataModule(L.LightningDataModule):
         self.table = table
         self._train = ChunkWindows(path, table, train, lengths, self.tokens_per_sample)
         self._val = ChunkWindows(path, table, val, lengths, self.tokens_per_sample)
-        if self.importance is not None:
-            self._train, self._val = (WeightedWindows(d, table, self.importance, self.chunk_size, self.layout)
-                                      for d in (self._train, self._val))
+        self._train, self._val = WeightedWindows.wrap(self.importance, table, self.chunk_size, self.layout, self._train, self._val)
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
         kw = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())

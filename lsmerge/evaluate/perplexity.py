@@ -15,12 +15,14 @@ add a BOS token make it the unscored one.) When `stride == max_length` the windo
 token so that the first token of each window is still scored.
 
 The window construction (`sliding_windows`, `collate_windows`) is pure; `encode_text` turns a
-text into the token ids to score; `perplexity_of_ids` scores one token sequence with one model.
+text into the token ids to score; `window_nlls` scores one token sequence with one model, window
+by window (the unit of the paired bootstrap in `intervals`), and `perplexity_of_ids` sums them.
 The `evaluate` command (checkpoints x texts, table, JSON / CSV) is `perplexity_command`.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 
@@ -121,6 +123,52 @@ class PerplexityResult:
 
 
 @torch.no_grad()
+def window_nlls(
+    model: torch.nn.Module,
+    token_ids: torch.Tensor,
+    *,
+    max_length: int,
+    stride: int,
+    batch_size: int = 4,
+    pad_id: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window scores of a token sequence under a causal LM (the windows of `sliding_windows`).
+
+    The model's logits at position i of a window, (b, w, vocab), are compared with the label at
+    i+1; only labelled positions go through the (tokens, vocab) float32 log-softmax. The sums are
+    the unit of the paired bootstrap (`lsmerge.evaluate.intervals`).
+
+    Args:
+        model: a causal LM returning `.logits` of shape (b, w, vocab).
+        token_ids: (n,) token ids.
+
+    Returns:
+        nll_sum (W,) float64: sum over window k's scored tokens of -log p(x_t | context), in nats;
+        tokens (W,) int64: how many tokens window k scores (together n - 1).
+    """
+    windows = sliding_windows(token_ids, max_length, stride)
+    batches = range(0, len(windows), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="windows", unit="batch", leave=False, file=sys.stderr)
+    sums, counts = [], []
+    for start in batches:
+        input_ids, attention_mask, labels = collate_windows(windows[start : start + batch_size], pad_id)
+        input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (b, w, vocab)
+        target = labels[:, 1:]  # (b, w-1): label i+1 is predicted at position i
+        scored = target != IGNORE_INDEX
+        logp = torch.log_softmax(logits[:, :-1][scored].float(), dim=-1)  # (k, vocab)
+        nll = -logp.gather(-1, target[scored].unsqueeze(-1)).squeeze(-1).double()  # (k,)
+        row = scored.nonzero()[:, 0]  # window of each scored token within the batch
+        sums.append(torch.zeros(scored.shape[0], dtype=torch.float64, device=nll.device).index_add_(0, row, nll).cpu())
+        counts.append(scored.sum(-1).cpu())
+    return torch.cat(sums), torch.cat(counts).long()
+
+
 def perplexity_of_ids(
     model: torch.nn.Module,
     token_ids: torch.Tensor,
@@ -132,39 +180,16 @@ def perplexity_of_ids(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> tuple[float, float, int, int]:
-    """Score a token sequence with a causal LM through sliding windows.
-
-    The model's logits at position i of a window, (b, w, vocab), are compared with the label at
-    i+1 by torchmetrics' `Perplexity(ignore_index=-100)`; only labelled positions are passed
-    on, so the (tokens, vocab) softmax covers just the tokens being scored.
-
-    Args:
-        model: a causal LM returning `.logits` of shape (b, w, vocab).
-        token_ids: (n,) token ids.
+    """Score a token sequence with a causal LM through sliding windows (`window_nlls`, summed).
 
     Returns:
         (perplexity, mean negative log-likelihood in nats, tokens scored, windows).
     """
-    from torchmetrics.text import Perplexity
-
-    windows = sliding_windows(token_ids, max_length, stride)
-    metric = Perplexity(ignore_index=IGNORE_INDEX).to(device)
-    batches = range(0, len(windows), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="windows", unit="batch", leave=False, file=sys.stderr)
-    for start in batches:
-        input_ids, attention_mask, labels = collate_windows(windows[start : start + batch_size], pad_id)
-        input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (b, w, vocab)
-        target = labels[:, 1:]  # (b, w-1): label i+1 is predicted at position i
-        scored = target != IGNORE_INDEX
-        preds = logits[:, :-1][scored].float().unsqueeze(0)  # (1, k, vocab)
-        metric.update(preds, target[scored].unsqueeze(0))
-    count = int(metric.count.item())
-    mean_nll = (metric.total_log_probs / metric.count).item()
-    return metric.compute().item(), mean_nll, count, len(windows)
+    nll_sum, tokens = window_nlls(model, token_ids, max_length=max_length, stride=stride, batch_size=batch_size,
+                                  pad_id=pad_id, device=device, progress=progress)  # fmt: skip
+    count = int(tokens.sum())
+    mean_nll = float(nll_sum.sum() / count)
+    return math.exp(mean_nll), mean_nll, count, int(nll_sum.numel())
 
 
 # -- text to token ids -----------------------------------------------------------------------

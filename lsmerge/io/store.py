@@ -291,6 +291,26 @@ class CheckpointStore:
         return f"CheckpointStore({str(self.path)!r}, tensors={len(self)}, format={self.format!r})"
 
 
+def checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The `__metadata__` of a checkpoint folder's (first) safetensors file; {} when it has none.
+    lsmerge's writer puts the same provenance in every shard."""
+    folder = Path(path)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            first = sorted(set(json.loads(index.read_text())["weight_map"].values()))[0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise LsMergeError(f"{index} is not a valid safetensors index. Re-download the checkpoint.") from None
+        file = folder / first
+    else:
+        file = folder / "model.safetensors"
+    if not file.is_file():
+        return {}
+    header, _ = _safetensors_header(file)
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
 def open_checkpoint(path: str | os.PathLike) -> CheckpointStore:
     """Open a checkpoint folder lazily (see `CheckpointStore`)."""
     return CheckpointStore(path)

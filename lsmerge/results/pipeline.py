@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,9 @@ from lsmerge.errors import LsMergeError
 from lsmerge.io.atomic import write_text_atomic
 from lsmerge.results.plan import Plan, Row, cli_value, substitute
 from lsmerge.results.vae_runs import write_fit_config
+
+DEFAULT_EVAL_TOKENS = 16384  # test tokens per corpus unless the plan says otherwise
+SCORES_FORMAT = "per-window-v1"  # part of the scores' cache key: older score files lack the windows
 
 
 def _digest(obj) -> str:
@@ -89,7 +93,7 @@ class Runner:
     def prepare(self) -> None:
         for step in self.plan.prepare:
             creates = Path(substitute(step["creates"], self.names))
-            if creates.exists():
+            if creates.exists() and not step.get("always", False):
                 continue
             argv = [str(a) for a in substitute(step["argv"], self.names)]
             if argv[0] == "lsmerge":
@@ -171,14 +175,26 @@ class Runner:
         e.setdefault("max_length", 512)
         e.setdefault("stride", 256)
         e.setdefault("batch_size", 4)
-        e.setdefault("max_tokens", None)
+        e.setdefault("max_tokens", DEFAULT_EVAL_TOKENS)  # per corpus; all of a smaller split
+        e.setdefault("min_tokens", None)
         e.setdefault("dtype", "float32")
         return e
 
-    def score(self, row: Row, built: dict) -> dict:
-        """Perplexity per corpus, cached: {corpus: {"perplexity", "nll", "tokens"}}, "seconds"."""
+    def check_corpora(self) -> None:
+        """With eval min_tokens: every corpus gives that many tokens with every plan model's tokenizer
+        (refused before any row is built)."""
         settings = self.eval_settings()
-        key = _digest([built["key"], settings])
+        if not settings["min_tokens"]:
+            return
+        for name, path in self.plan.models.items():
+            if (Path(path) / "config.json").is_file():
+                count_tokens(path, settings, name)
+
+    def score(self, row: Row, built: dict) -> dict:
+        """Perplexity per corpus, cached: {corpus: {"perplexity", "nll", "tokens", "window_nll",
+        "window_tokens"}}, "seconds"."""
+        settings = self.eval_settings()
+        key = _digest([built["key"], settings, SCORES_FORMAT])
         path = self.out / "scores" / f"{row.slug}.json"
         cached = _read_json(path)
         if cached and cached.get("key") == key:
@@ -264,6 +280,7 @@ class Runner:
         from lsmerge.results.report import write_report
 
         self.prepare()
+        self.check_corpora()
         self.train_vaes()
         records = []
         built = {}
@@ -275,7 +292,7 @@ class Runner:
             ppl = ", ".join(f"{c} {v['perplexity']:.4g}" for c, v in s["corpora"].items())
             self.say(f"  {row.group} / {row.name}: {ppl}")
         extras = {"sweep": self.sweep(), "kurtosis": self.inspect(), "judge": self.judge(built)}
-        return write_report(self.plan, records, extras, self.eval_settings())
+        return write_report(self.plan, records, extras, {**self.eval_settings(), "seed": self.plan.seed})
 
 
 def _checkpoint_key(path: str, row: Row) -> str:
@@ -287,11 +304,35 @@ def _checkpoint_key(path: str, row: Row) -> str:
     return _digest([str(p), files])
 
 
+def _corpus_ids(tokenizer, settings: dict, corpus: str, who: str) -> torch.Tensor:
+    """Token ids of a corpus's split (at most max_tokens scored); too few for min_tokens is an error."""
+    from lsmerge.data.corpora import corpus_path
+    from lsmerge.evaluate.perplexity import encode_text
+
+    path = corpus_path(settings["root"], corpus, settings["split"])
+    if not path.is_file():
+        raise LsMergeError(f"corpus {corpus} ({path}) is missing; run `lsmerge fetch` first.")
+    ids = encode_text(tokenizer, path.read_text(encoding="utf-8"), settings["max_tokens"])
+    need = max(1, settings.get("min_tokens") or 0)
+    if ids.numel() - 1 < need:
+        raise LsMergeError(f"corpus {corpus} ({path}) gives {ids.numel() - 1} tokens to score with the tokenizer of {who}; "
+                           f"the plan's eval asks for at least {need} (min_tokens). Lower min_tokens or use a larger split.")  # fmt: skip
+    return ids
+
+
+def count_tokens(model_path: str, settings: dict, who: str) -> dict[str, int]:
+    """Tokens each corpus gives to score with a checkpoint's tokenizer (checks min_tokens)."""
+    from lsmerge.io.hf import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path)
+    return {c: _corpus_ids(tokenizer, settings, c, who).numel() - 1 for c in settings["corpora"]}
+
+
 def score_model(built: dict, settings: dict) -> dict:
     """Perplexity of a checkpoint (`built["path"]`) or of a hidden-state mix (`built["hidden"]`)
-    on every corpus, with one tokenisation and one set of windows for both kinds of row."""
-    from lsmerge.data.corpora import corpus_path
-    from lsmerge.evaluate.perplexity import encode_text, perplexity_of_ids
+    on every corpus, with one tokenisation and one set of windows for both kinds of row, and the
+    per-window scores the paired intervals of the report resample."""
+    from lsmerge.evaluate.perplexity import window_nlls
     from lsmerge.io.hf import load_causal_lm, load_tokenizer
     from lsmerge.merge.hidden import HiddenStateMixer, MixedForward, MixSpec
 
@@ -307,12 +348,11 @@ def score_model(built: dict, settings: dict) -> dict:
             model = MixedForward(model, [expert], mixer)
         out = {}
         for corpus in settings["corpora"]:
-            path = corpus_path(settings["root"], corpus, settings["split"])
-            if not path.is_file():
-                raise LsMergeError(f"corpus {corpus} ({path}) is missing; run `lsmerge fetch` first.")
-            ids = encode_text(tokenizer, path.read_text(encoding="utf-8"), settings["max_tokens"])
+            ids = _corpus_ids(tokenizer, settings, corpus, first)
             with torch.inference_mode():
-                ppl, nll, count, _ = perplexity_of_ids(model, ids, max_length=settings["max_length"], stride=settings["stride"],
-                                                       batch_size=settings["batch_size"], pad_id=pad_id)  # fmt: skip
-            out[corpus] = {"perplexity": ppl, "nll": nll, "tokens": count}
+                sums, counts = window_nlls(model, ids, max_length=settings["max_length"], stride=settings["stride"],
+                                           batch_size=settings["batch_size"], pad_id=pad_id)  # fmt: skip
+            nll = float(sums.sum()) / int(counts.sum())
+            out[corpus] = {"perplexity": math.inf if nll > 709 else math.exp(nll), "nll": nll, "tokens": int(counts.sum()),
+                           "window_nll": sums.tolist(), "window_tokens": counts.tolist()}  # fmt: skip
     return out

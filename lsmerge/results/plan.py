@@ -10,14 +10,24 @@ named paths as `{name}`: the plan's `models` and, for each VAE run, `{vae:<run n
     plots_dir: results                  # PNG plots
     seed: 0
     models: {base: checkpoints/base/smollm2-135m-instruct, ...}
-    prepare:                            # commands run when `creates` is missing
+    prepare:                            # commands run when `creates` is missing (always: true runs
+                                        # them every time: for commands that skip finished work
+                                        # themselves and must check it, e.g. experts of a budget)
       - {argv: [lsmerge, fetch], creates: checkpoints/base/smollm2-135m-instruct/config.json}
     vae_runs:                           # `lsmerge fit` of a derived config (lsmerge.results.vae_runs)
       - {name: r2-30min, base_config: configs/vae/smollm2_mlp.yaml, ratio: 2, minutes: 30}
-    eval: {corpora: [shakespeare, python], split: test, max_tokens: 4096, max_length: 512, stride: 256}
+    eval: {corpora: [shakespeare, python], split: test, max_tokens: 16384, max_length: 512, stride: 512}
+                                        # max_tokens: per corpus, all of a smaller split (default 16384);
+                                        # min_tokens: fewer scored tokens in a corpus is an error
+    bootstrap: {resamples: 2000, confidence: 0.95}   # paired intervals over windows (seed: the plan's)
+    domain_experts: {shakespeare: expert 1, python: expert 2}   # each corpus's own expert (a row name):
+                                        # sections holding these rows get the summary column
+    references: {experts: best-weight-space, reconstruction: base}   # the row each section is compared
+                                        # with (default: its first row); best-weight-space: the section's
+                                        # best non-control merge-weights row
     groups: {reconstruction: "1. Reconstruction", ...}   # section titles, in order
     rows:
-      - {group: reconstruction, name: base, model: "{base}"}
+      - {group: reconstruction, name: base, model: "{base}", control: input}   # control: input | zero | codec
       - {group: reconstruction, name: VAE ratio 2, command: export, args: {vae: "{vae:r2-30min}", model: "{base}"}}
       - {group: experts, name: TIES, command: merge-weights, config: configs/merge_weights/ties.yaml,
          args: {models: ["{expert1}", "{expert2}"]}, curve: null}
@@ -43,6 +53,10 @@ from lsmerge.errors import LsMergeError
 
 ROW_COMMANDS = ("merge", "merge-weights", "export")
 HIDDEN_KEYS = {"base", "source", "operator", "mix_layer", "beta"}
+#: control rows: an input as it is; a curve at lambda / t / beta = 0; a codec's encode-decode without merging
+CONTROLS = {"input": "input as it is", "zero": "lambda / t / beta = 0", "codec": "encode-decode, no merge"}
+BEST_WEIGHT_SPACE = "best-weight-space"
+DEFAULT_BOOTSTRAP = {"resamples": 2000, "confidence": 0.95}
 
 
 @dataclass
@@ -60,6 +74,7 @@ class Row:
     curve: str | None = None  # rows of one curve are plotted as perplexity against `x`
     x: float | None = None
     seed: int | None = None
+    control: str | None = None  # a key of CONTROLS
 
     @property
     def slug(self) -> str:
@@ -94,6 +109,9 @@ class Plan:
     title: str = "Results"
     notes: str = ""  # markdown appended to the report as is (caveats that hold whatever the numbers)
     vae_root: str | None = None  # default <out_dir>/vae
+    bootstrap: dict = field(default_factory=dict)  # resamples, confidence (DEFAULT_BOOTSTRAP)
+    domain_experts: dict[str, str] = field(default_factory=dict)  # corpus -> row name of its own expert
+    references: dict[str, str] = field(default_factory=dict)  # group -> row name or BEST_WEIGHT_SPACE
 
     def vae_dir(self, name: str) -> Path:
         return Path(self.vae_root or Path(self.out_dir) / "vae") / name
@@ -151,6 +169,35 @@ def _check_row(r: Row, where: str) -> None:
         raise LsMergeError(f"{where}: hidden needs exactly the keys {sorted(HIDDEN_KEYS)}, got {sorted(r.hidden)}.")
     if (r.curve is None) != (r.x is None):
         raise LsMergeError(f"{where}: curve and x go together.")
+    if r.control is not None and r.control not in CONTROLS:
+        raise LsMergeError(f"{where}: control {r.control!r} is not one of {sorted(CONTROLS)}.")
+
+
+def _check_evaluation(plan: Plan, p: Path) -> None:
+    """The bootstrap settings, each corpus's own expert and each section's reference name real things."""
+    unknown = set(plan.bootstrap) - set(DEFAULT_BOOTSTRAP)
+    if unknown:
+        raise LsMergeError(f"results plan {p}: bootstrap: unknown keys {sorted(unknown)} (known: {sorted(DEFAULT_BOOTSTRAP)}).")
+    boot = {**DEFAULT_BOOTSTRAP, **plan.bootstrap}
+    if not (isinstance(boot["resamples"], int) and boot["resamples"] >= 1 and 0 < boot["confidence"] < 1):
+        raise LsMergeError(f"results plan {p}: bootstrap needs resamples >= 1 and 0 < confidence < 1, got {boot}.")
+    corpora = list(plan.eval.get("corpora") or [])
+    if len(corpora) != len(set(corpora)):
+        raise LsMergeError(f"results plan {p}: eval corpora {corpora} name a corpus twice.")
+    if plan.domain_experts:
+        if set(plan.domain_experts) != set(corpora):
+            raise LsMergeError(f"results plan {p}: domain_experts must name one expert row for each eval corpus {corpora}, "
+                               f"got {sorted(plan.domain_experts)}.")  # fmt: skip
+        if len(corpora) < 2:
+            raise LsMergeError(f"results plan {p}: the summary over domains needs at least 2 corpora, got {corpora}.")
+        for name in plan.domain_experts.values():
+            plan.row(name)
+    for group, ref in plan.references.items():
+        if group not in plan.groups:
+            raise LsMergeError(f"results plan {p}: references: no section {group!r} (sections: {list(plan.groups)}).")
+        if ref != BEST_WEIGHT_SPACE and not any(r.group == group and r.name == ref for r in plan.rows):
+            raise LsMergeError(f"results plan {p}: references: section {group!r} has no row {ref!r}; name one of its rows "
+                               f"or {BEST_WEIGHT_SPACE}.")  # fmt: skip
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -195,4 +242,5 @@ def load_plan(path: str | Path) -> Plan:
         if not (isinstance(pair, list) and len(pair) == 2):
             raise LsMergeError(f"results plan {p}: judge pair {pair!r} must be [row A, row B] (quote names that contain commas).")
         plan.row(pair[0]), plan.row(pair[1])
+    _check_evaluation(plan, p)
     return plan

@@ -18,6 +18,14 @@ class LocalJudge(Judge):
     log-probabilities of the first token of each label ("A", "B"); if they differ by at most
     `tie_margin` nats the verdict is a tie. Prompts are right-padded in batches of `batch_size`
     and read at their last real position, so batching does not change the verdicts.
+
+    What it assumes of the model, checked with SmolLM2-135M-Instruct and Gemma-3-270M (tests: tiny
+    Llama and tiny Gemma-3 with their kinds of template): the chat template takes a lone user turn
+    (Gemma's has no system role; none is sent); a tokenizer that puts a BOS token before plain text
+    (Gemma's) gets exactly one BOS before the chat prompt too, whether the template writes it
+    (Gemma: `{{ bos_token }}`) or not; each label's first token is in the vocabulary ("A" / "B" after
+    a chat template, " A" / " B" after "Answer:"). A checkpoint converted from GGUF may carry no chat
+    template: it is then judged on the plain-text prompt.
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 4, tie_margin: float = 0.0, chat_template: bool = True,
@@ -25,6 +33,9 @@ class LocalJudge(Judge):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.tie_margin, self.name = batch_size, tie_margin, name
         self.use_chat = bool(chat_template and getattr(tokenizer, "chat_template", None))
+        plain = tokenizer("x", add_special_tokens=True)["input_ids"]
+        bos = tokenizer.bos_token_id
+        self.bos_id = bos if bos is not None and plain and plain[0] == bos else None  # the tokenizer adds a BOS
         prefix = "" if self.use_chat else " "
         self.label_ids = []
         for label in labels:
@@ -45,7 +56,8 @@ class LocalJudge(Judge):
             rendered = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
-            return self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            return ids if self.bos_id is None or ids[:1] == [self.bos_id] else [self.bos_id, *ids]
         return self.tokenizer(f"{text}\nAnswer:", add_special_tokens=True)["input_ids"]
 
     @torch.inference_mode()

@@ -5,12 +5,24 @@ confidence level c uses z = Phi^-1(1/2 + c/2), the normal quantile:
 
     centre = (s + z^2 / 2n) / (1 + z^2 / n)
     half   = z / (1 + z^2 / n) * sqrt(s (1 - s) / n + z^2 / 4n^2)
+
+A judge whose winner changed with the answer order on more than half of the pairs (position flips
+> n / 2) says more about positions than about answers: the summary marks it `position_biased`, and
+it is reported as "position-biased judge: no verdict" instead of its ties.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+
+POSITION_BIASED = "position-biased judge: no verdict"
+
+
+def judge_position_biased(summary: dict) -> bool:
+    """True when the judge's winner changed with the answer order on more than half of the pairs:
+    its ties then say nothing about the responses, and it gives no verdict."""
+    return summary.get("position_flips", 0) * 2 > summary["pairs"]
 
 
 def wilson_interval(score: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -45,6 +57,7 @@ def summarize(winners: list[str], confidence: float = 0.95, flips: int = 0) -> d
         "confidence": confidence,
         "ci_method": "wilson interval on (wins + ties/2) / pairs",
         "position_flips": flips,
+        "position_biased": flips * 2 > n,
     }
 
 
@@ -63,6 +76,9 @@ def format_summary(summary: dict, name_a: str, name_b: str, judge_name: str) -> 
         f"{summary['confidence']:.0%} Wilson interval [{summary['ci_low']:.3f}, {summary['ci_high']:.3f}]",
         f"position flips (the winner changed with the order): {summary['position_flips']} of {n}",
     ]
+    if judge_position_biased(summary):
+        lines.append(f"{POSITION_BIASED} (the winner changed with the order on more than half of the pairs; "
+                     "the ties above are the judge's position bias, not a draw)")
     if summary.get("unparsed"):
         lines.append(f"unparseable replies counted as ties: {summary['unparsed']}")
     return "\n".join(lines)

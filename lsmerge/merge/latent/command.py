@@ -7,8 +7,9 @@ codec does not cover (or that are outside `kinds`) are merged in weight space by
 `fallback_method`, so the output is always a complete model (`homogeneous.HomogeneousJob`).
 Methods across architectures (`hetero`) run as `hetero.HeteroJob`.
 
-Codecs: `pca` fits a PCA codec (lsmerge.codecs.pca) on the inputs' selected tensors; a path
-is a saved PCA codec or a trained weight-VAE checkpoint (`lsmerge.codecs.load.load_codec`).
+Codecs: `pca` fits a PCA codec (lsmerge.codecs.pca) on the inputs' selected tensors; `task_vector`
+fits the joint-SVD task-vector codec (lsmerge.codecs.task_vector) on the base and the models; a path
+is a saved PCA or task-vector codec or a trained weight-VAE checkpoint (`lsmerge.codecs.load.load_codec`).
 This module checks the arguments against the method's registered traits; it holds no
 per-method branches.
 """
@@ -33,8 +34,9 @@ from lsmerge.memory import return_freed_tensors_to_the_os
 from lsmerge.merge.latent.base import LatentMethod, MergeParams, check_convex_weights, check_density, check_lambda, get_method
 from lsmerge.merge.latent.depth import DIM_MATCH, DimMatch
 from lsmerge.merge.latent.hetero import HeteroJob
-from lsmerge.merge.latent.homogeneous import CodecSettings, HomogeneousJob
-from lsmerge.torch_options import resolve_dtype
+from lsmerge.data.task_codes import check_rank_fraction
+from lsmerge.merge.latent.homogeneous import TASK_VECTOR, CodecSettings, HomogeneousJob
+from lsmerge.torch_options import resolve_device, resolve_dtype
 
 DeltaMode = Literal["none", "weight", "latent"]
 DELTA_MODES = get_args(DeltaMode)
@@ -103,6 +105,7 @@ def merge(
     shrinkage: str | float = "auto",
     chunk_size: int = 64,
     rank: int | None = None,
+    rank_fraction: float | None = None,
     pca_basis: BasisPer = "tensor",
     layout: Layout = "flat",
     save_codec: str | None = None,
@@ -115,6 +118,7 @@ def merge(
     progress: bool = True,
     layer_pattern: str | None = None,
     allow_partial_codec: bool = False,
+    device: str = "cpu",
 ) -> str:
     """LS-Merge: combine models in a codec's latent space (VAE or PCA), across architectures with OT.
 
@@ -128,8 +132,11 @@ def merge(
             soup: N models; task_arithmetic / ties / dare: the fine-tuned models; self: one
             model; hetero: [target, source] (the output has the target's architecture).
         base: base model of task_arithmetic / ties / dare and of delta coding.
-        codec: `pca` (fit a PCA codec on the inputs), a saved PCA codec folder or a trained
-            VAE checkpoint; hetero takes one per side, [target codec, source codec] (`pca`
+        codec: `pca` (fit a PCA codec on the inputs), `task_vector` (fit a task-vector codec on
+            base and models: each expert coded by its coefficients U^T (W_i - W_base) in the joint
+            SVD basis U of the experts' task matrices, output W_base + U z_merged; needs base), a
+            saved PCA or task-vector codec folder (the latter only with the base and experts it
+            was built from) or a trained VAE checkpoint; hetero takes one per side, [target codec, source codec] (`pca`
             alone fits one per side).
         weights: soup: convex weights (>= 0, sum 1; default uniform); task_arithmetic / ties /
             dare: one weight per model (default 1), scaled by lam.
@@ -159,9 +166,13 @@ def merge(
             ledoit_wolf, none, or a number in [0, 1].
         chunk_size: pca codec: values per chunk.
         rank: pca codec: principal axes kept (latent_dim); default chunk_size (lossless).
+            task_vector codec: singular directions kept per tensor (capped at the joint rank).
+        rank_fraction: task_vector codec: fraction in (0, 1] of each tensor's joint rank
+            min(out, N * in) kept (default: full rank, lossless); with a saved task-vector
+            codec, a lower rank than it was saved at.
         pca_basis: pca codec: one basis per tensor or per kind.
         layout: pca codec: chunk layout, flat or rows.
-        save_codec: save the fitted PCA codec(s) to this folder (hetero: target/ and source/).
+        save_codec: save the fitted PCA or task-vector codec(s) to this folder (hetero: target/ and source/).
         seed: seed of DARE masks and self-merge samples (per tensor, from the tensor name).
         out: output folder (default: auto-named under out_root).
         out_root: where auto-named outputs go.
@@ -174,6 +185,7 @@ def merge(
             hetero: of the target), e.g. a VAE trained on 4 layers applied to an 8-layer model or
             on [mlp] with kinds [mlp, attn]; the uncovered ones go to fallback_method. Without it
             that is an error naming how many are not covered.
+        device: task_vector codec: where its SVDs and basis products run, cpu | cuda | auto.
     Returns: the output folder.
     """
     given = dict(locals())
@@ -189,6 +201,14 @@ def merge(
         raise LsMergeError(f"pca_basis must be one of {BASIS_PER}, got {pca_basis!r}.")
     if dim_match not in DIM_MATCH:
         raise LsMergeError(f"dim_match must be one of {DIM_MATCH}, got {dim_match!r}.")
+    check_rank_fraction(rank_fraction)
+    codecs = [codec] if isinstance(codec, str) else list(codec)
+    if rank_fraction is not None and "pca" in codecs:
+        raise LsMergeError("rank_fraction truncates a task-vector codec (codec: task_vector); the PCA codec takes rank.")
+    if m.architectures == "two" and TASK_VECTOR in codecs:
+        raise LsMergeError(f"codec: {TASK_VECTOR} codes experts of one base; {method} merges two architectures. Use codec: pca "
+                           "or a codec per family.")
+    dev = str(resolve_device(device))
     model_paths = resolve_models(models)
     base_path = resolve_model(base) if base else None
     n = len(model_paths)
@@ -209,7 +229,6 @@ def merge(
     model_stores = [stores[p] for p in model_paths]
     base_store = stores[base_path] if base_path else None
     ref = base_store if (base_store is not None and m.needs_base) else model_stores[0]
-    codecs = [codec] if isinstance(codec, str) else list(codec)
     if m.architectures == "two":
         if len(codecs) == 1 and codecs[0] != "pca":
             raise LsMergeError("a heterogeneous merge needs a codec for each side: codec: [TARGET_CODEC, SOURCE_CODEC] "
@@ -236,7 +255,7 @@ def merge(
     return_freed_tensors_to_the_os()
     cs = CodecSettings(kind_set=kind_set, kinds=kinds, chunk_size=chunk_size, rank=rank, pca_basis=pca_basis,
                        layout=layout, save_codec=save_codec, progress=progress, layer_pattern=layer_pattern,
-                       allow_partial_codec=allow_partial_codec)
+                       allow_partial_codec=allow_partial_codec, rank_fraction=rank_fraction, device=dev)
     if m.architectures == "two":
         job = HeteroJob(m, model_stores[0], model_stores[1], codecs, params, lam_schedule, dim_match, delta, cs)
     else:
@@ -249,7 +268,7 @@ def merge(
     provenance = {"command": "merge", **given, "lam": lam, "kinds": kinds, "weights": weights,
                   "codecs": job.codec_descriptions(), "inputs": [str(p) for p in stores]}
     hint = ("Lower lam / weights" if m.needs_base or m.weights else "Check the codec") + " or check the inputs (lsmerge inspect)."
-    codec_files = [Path(c).expanduser() for c in codecs if c != "pca"]
+    codec_files = [Path(c).expanduser() for c in codecs if c not in ("pca", TASK_VECTOR)]
     with CheckpointWriter(out_path, source=ref.path, inputs=[*stores, *codec_files], max_shard_size=max_shard_size,
                           overwrite=overwrite, config=provenance, dtype=out_dtype, nonfinite_hint=hint) as writer:
         for name in tqdm(ref.names, desc=f"merge ({method})", unit="tensor", disable=not progress):

@@ -15,6 +15,7 @@ import torch
 import lsmerge.merge.weight as wm
 from lsmerge.codecs.base import SamplingCodec, describe_codec
 from lsmerge.codecs.load import check_codec, fit_pca, load_codec
+from lsmerge.codecs.task_vector import TaskVectorCodec
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import ArchitectureMap
 from lsmerge.io.compat import check_finite, model_family
@@ -37,6 +38,11 @@ class CodecSettings:
     progress: bool
     layer_pattern: str | None
     allow_partial_codec: bool = False
+    rank_fraction: float | None = None
+    device: str = "cpu"
+
+
+TASK_VECTOR = "task_vector"  # codec spec: fit a task-vector codec (joint SVD) on the base and the experts
 
 
 def selected_names(store: CheckpointStore, amap: ArchitectureMap, kind_set: frozenset[str]) -> list[str]:
@@ -66,16 +72,34 @@ class HomogeneousJob:
                                  layout=cs.layout, family=model_family(ref.config),
                                  delta_base=base if delta == "weight" else None, desc="fit PCA codec",
                                  progress=cs.progress)
-            if cs.save_codec:
-                self.codec.save(cs.save_codec)
+        elif codec_spec == TASK_VECTOR:
+            self._task_vector_checks(delta)
+            self.codec = TaskVectorCodec.fit(base, models, selected, rank_fraction=cs.rank_fraction, rank=cs.rank,
+                                             family=model_family(ref.config), device=cs.device)
         else:
-            self.codec = load_codec(codec_spec)
+            self.codec = load_codec(codec_spec, device=cs.device)
+            if isinstance(self.codec, TaskVectorCodec):
+                self._task_vector_checks(delta)
+                self.codec = self.codec.bind(base, models).truncated(cs.rank_fraction, cs.rank)
+            elif cs.rank_fraction is not None:
+                raise LsMergeError("rank_fraction truncates a task-vector codec; this codec is not one. Remove rank_fraction.")
+        if cs.save_codec and codec_spec in ("pca", TASK_VECTOR):
+            self.codec.save(cs.save_codec)
         self.coded = set(check_codec(self.codec, ref, selected, cs.kinds, cs.allow_partial_codec))
         self.report = [f"{len(self.coded)} tensors through the codec ({self.codec!r}), "
                        f"{len(ref.names) - len(self.coded)} by fallback {fallback_method!r}"]
         if method.draw is not None and not isinstance(self.codec, SamplingCodec):
             raise LsMergeError("this codec cannot draw posterior samples (no `sample` method); self-merge needs one.")
         self.fallback = self._fallback(fallback_method)
+
+    def _task_vector_checks(self, delta: str) -> None:
+        """A task-vector codec needs a base, and codes differences to it itself (no delta mode on top)."""
+        if self.base is None:
+            raise LsMergeError("the task-vector codec codes each expert as W_i - W_base in a joint basis: set base "
+                               "(the model the experts were fine-tuned from).")
+        if delta != "none":
+            raise LsMergeError(f"the task-vector codec already codes the difference to the base (decode = W_base + U z); "
+                               f"delta: {delta} would apply it twice. Use delta: none.")
 
     def codec_descriptions(self) -> list:
         return [describe_codec(self.codec)]

@@ -63,6 +63,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "judge": ("lsmerge.evaluate.judge.command:judge",
               "Judge two response sets pairwise (a local model or an OpenAI-compatible endpoint), in both orders, "
               "and report win / tie / loss with a confidence interval."),
+    "importance": ("lsmerge.importance:importance",
+                   "Collect per-column input second moments of a model's linear layers over calibration text (codec "
+                   "output weighting and the exact side channel)."),
 }
 
 

@@ -9,6 +9,7 @@ so the output loads with `AutoModelForCausalLM.from_pretrained(out)`.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from lsmerge.errors import LsMergeError
 
@@ -23,6 +24,8 @@ def export(
     max_shard_size: str = "2GB",
     overwrite: bool = False,
     allow_partial_codec: bool = False,
+    side_channel: float = 0.0,
+    importance: str | None = None,
 ) -> str:
     """Write MODEL with the tensors the VAE was trained on replaced by VAE reconstructions.
 
@@ -38,10 +41,16 @@ def export(
         allow_partial_codec: accept a VAE that covers only some of the model's tensors of the kinds
             it was trained on (e.g. trained on 4 of 8 layers); the rest are copied. Without it that
             is an error. A narrowed export (--only) is never partial.
+        side_channel: keep this fraction (in (0, 0.5], e.g. 0.01) of each tensor's most salient
+            entries (w^2 h_j) exact beside the latent (`lsmerge.codecs.side_channel`); 0 = off.
+        importance: input statistics of `lsmerge importance` for the saliency (default: none, or
+            the file beside a VAE trained with output weighting, which needs its own).
 
     Returns:
         The output folder.
     """
+    from lsmerge.codecs.load import vae_statistics
+    from lsmerge.codecs.side_channel import SideChannelCodec, check_fraction
     from lsmerge.codecs.vae import VAECodec
     from lsmerge.io.archmap import ArchitectureMap
     from lsmerge.io.store import open_checkpoint
@@ -49,9 +58,14 @@ def export(
 
     from lsmerge.io.hf import resolve_model
 
+    if side_channel:
+        check_fraction(side_channel)
     store = open_checkpoint(resolve_model(model))
     check_output_dir(out, [store.path], overwrite)
     codec = VAECodec.from_checkpoint(vae, device=device)
+    stats = vae_statistics(Path(vae), codec, importance)
+    if side_channel:
+        codec = SideChannelCodec(codec, side_channel, stats)
     model_type = ArchitectureMap.from_config(store.config).family.name if store.config else None
     codec.check_model(model_type, {n: store.shape(n) for n in store.names})
     try:
@@ -71,6 +85,9 @@ def export(
     if not selected:
         raise LsMergeError(f"--only {only!r} matches none of the VAE's {len(codec.names)} tensors; widen it.")
     config = {"command": "export", "vae": str(vae), "model": str(model), "only": only}
+    if side_channel:
+        config["side_channel"] = side_channel
+        config["importance"] = stats.describe() if stats else None
     if allow_partial_codec:
         config["allow_partial_codec"] = True
     replaced = 0

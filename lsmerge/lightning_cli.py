@@ -43,6 +43,7 @@ LINKS = (
     "layout",
     "normalization",
     ("slog_kappa", "slog_kappa"),
+    "importance_digest",
 )
 
 

@@ -64,6 +64,7 @@ def bad(tiny_world, vae_fit_run, tmp_path_factory) -> SimpleNamespace:
     with contextlib.redirect_stdout(io.StringIO()):
         main(["merge", "--models", f"[{tiny_world.e1},{tiny_world.e2}]", "--base", str(tiny_world.base), "--codec", "task_vector",
               "--save_codec", str(root / "tv_codec"), "--out", str(root / "tv_run"), "--progress", "false"])
+    _weighted_pca_without_statistics(tiny_world.e1, root / "weighted_pca")
     return SimpleNamespace(root=root, w=tiny_world, vae=vae_fit_run / "last.ckpt", **{
         n: root / n for n in ("noconfig", "noconfig2", "nan", "mlp_codec", "deep_a", "deep_b", "wide", "tv_codec")})
 
@@ -318,6 +319,26 @@ ROWS = [
     ("mw-mergekit-tokenizer-not-a-model", lambda b, o: _recipe(
         f"merge_method: linear\nparameters: {{weight: 1}}\nmodels:\n  - model: {b.w.e1}\n  - model: {b.w.e2}\n"
         f"tokenizer_source: {b.deep_a}\n", o), "not among the recipe's models"),
+    # -- importance, side channel, output weighting (issue 13) -------------------------------------
+    ("importance-missing-calib", lambda b, o: ["importance", "--model", str(b.w.base), "--calibration",
+     json.dumps({"files": [str(b.root / "nope.txt")]}), "--out", o], "does not exist"),
+    ("importance-empty-calib", lambda b, o: ["importance", "--model", str(b.w.base), "--calibration",
+     json.dumps({"files": [str(b.root / "empty.txt")]}), "--out", o], "is empty"),
+    ("importance-blank-calib", lambda b, o: ["importance", "--model", str(b.w.base), "--calibration",
+     json.dumps({"files": [str(b.root / "blank.txt")]}), "--out", o], "is empty"),
+    ("importance-no-calib", lambda b, o: ["importance", "--model", str(b.w.base), "--out", o], "needs calibration text"),
+    ("export-side-channel-too-large", lambda b, o: ["export", "--vae", str(b.vae), "--model", str(b.deep_a),
+     "--side_channel", "0.7", "--out", o], "(0, 0.5]"),
+    ("export-side-channel-negative", lambda b, o: ["export", "--vae", str(b.vae), "--model", str(b.deep_a),
+     "--side_channel", "-0.01", "--out", o], "(0, 0.5]"),
+    ("merge-weighted-codec-no-statistics", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--kinds", "[mlp]",
+     "--codec", str(b.root / "weighted_pca"), "--progress", "false", "--out", o], "importance weighting"),
+    ("fit-output-weighting-no-importance", lambda b, o: ["fit", "--config", "configs/vae/tiny.yaml",
+     f"--data.checkpoints=[{b.w.e1}]", "--model.output_weighting=true", f"--data.cache_dir={o}/cache",
+     f"--trainer.default_root_dir={o}"], "data.importance"),
+    ("fit-importance-missing", lambda b, o: ["fit", "--config", "configs/vae/tiny.yaml", f"--data.checkpoints=[{b.w.e1}]",
+     f"--data.importance={b.root / 'none.safetensors'}", "--model.output_weighting=true", f"--data.cache_dir={o}/cache",
+     f"--trainer.default_root_dir={o}"], "do not exist"),
 ]
 
 
@@ -440,3 +461,14 @@ def _bad_task_dir() -> str:
     (d / "bad_rows.yaml").write_text(f"task: bad_rows\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
                                      f"    test: {d / 'rows.jsonl'}\noutput_type: multiple_choice\n")
     return str(d)
+def _weighted_pca_without_statistics(model: Path, folder: Path) -> None:
+    """An output-weighted PCA codec of `model`'s MLP saved to `folder`, its importance file then removed."""
+    from lsmerge.codecs.pca import PCACodec
+    from lsmerge.data.importance import IMPORTANCE_FILE, ImportanceStats
+    from lsmerge.io.store import open_checkpoint
+
+    store = open_checkpoint(model)
+    names = [n for n in store.names if ".mlp." in n]
+    stats = ImportanceStats({n: torch.ones(store.shape(n)[1]) for n in names}, "ab" * 32)
+    PCACodec.fit(((n, [store.get(n)]) for n in names), chunk_size=16, rank=8, importance=stats).save(folder)
+    (folder / IMPORTANCE_FILE).unlink()

@@ -33,16 +33,20 @@ class TensorLatent:
             with the merged statistics.
         shape: the original tensor shape (what `decode` returns).
         logvar: (n_tokens, latent_dim) posterior log-variances, when the codec has them.
+        side: exact side channel (`lsmerge.codecs.side_channel`): (indices (k,) int64 into the
+            flattened tensor, values (k,) float32) written over the decoded tensor; None without one.
     """
 
     z: torch.Tensor
     norm: torch.Tensor
     shape: tuple[int, ...]
     logvar: torch.Tensor | None = None
+    side: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def with_z(self, z: torch.Tensor, norm: torch.Tensor | None = None) -> "TensorLatent":
-        """A copy with new codes (and statistics); the posterior variance is dropped."""
-        return replace(self, z=z, norm=self.norm if norm is None else norm, logvar=None)
+        """A copy with new codes (and statistics); the posterior variance and the side channel (exact
+        values of the encoded tensor, not of a combination) are dropped."""
+        return replace(self, z=z, norm=self.norm if norm is None else norm, logvar=None, side=None)
 
 
 @runtime_checkable

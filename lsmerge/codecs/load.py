@@ -9,6 +9,8 @@ from tqdm.auto import tqdm
 
 from lsmerge.codecs.base import Codec
 from lsmerge.codecs.pca import CODEC_JSON, PCACodec
+from lsmerge.codecs.side_channel import SideChannelCodec, check_fraction
+from lsmerge.data.importance import IMPORTANCE_FILE, ImportanceStats
 from lsmerge.codecs.task_vector import CODEC_JSON as TASK_VECTOR_JSON, TaskVectorCodec
 from lsmerge.errors import LsMergeError
 from lsmerge.io.ckpt import check_ckpt_path, is_url
@@ -16,10 +18,16 @@ from lsmerge.io.compat import check_finite, model_family, same_family
 from lsmerge.io.store import CheckpointStore
 
 
-def load_codec(spec: str, device: str = "cpu") -> Codec:
+def load_codec(spec: str, device: str = "cpu", importance: str | None = None, side_channel: float = 0.0) -> Codec:
     """A saved PCA or task-vector codec folder, or a weight-VAE checkpoint (the one place the VAE plugs in).
 
-    A task-vector codec comes back unbound: `bind` it to the merge's base and experts."""
+    A task-vector codec comes back unbound: `bind` it to the merge's base and experts. A codec fitted
+    with importance weighting is loaded with its calibration statistics (`importance`, default
+    `importance.safetensors` beside it; the digest must match); with `side_channel` q > 0 a PCA or
+    VAE codec is wrapped in a `SideChannelCodec` (saliency from those statistics, or from
+    `importance` for a plain codec)."""
+    if side_channel:
+        check_fraction(side_channel)
     if is_url(spec):
         check_ckpt_path(spec, "codec")  # refused: download it and pass the local file
     path = Path(spec).expanduser()
@@ -27,14 +35,35 @@ def load_codec(spec: str, device: str = "cpu") -> Codec:
         raise LsMergeError(f"codec {spec!r} not found: give `pca`, `task_vector`, a saved PCA or task-vector codec folder, "
                            "or a trained VAE checkpoint.")
     if (path / CODEC_JSON).exists():
-        return PCACodec.load(path)
-    if (path / TASK_VECTOR_JSON).exists():
+        codec = PCACodec.load(path, importance)
+        stats = codec.importance or (ImportanceStats.load(importance) if importance else None)
+    elif (path / TASK_VECTOR_JSON).exists():
+        if side_channel:
+            raise LsMergeError("the side channel wraps a PCA or VAE codec, not a task-vector codec; drop side_channel.")
         return TaskVectorCodec.load(path, device=device)
-    try:
-        from lsmerge.codecs.vae import VAECodec
-    except ImportError as e:
-        raise LsMergeError(f"{path} is not a PCA codec and the VAE codec is unavailable ({e}). Use codec: pca.") from None
-    return VAECodec.from_checkpoint(path)
+    else:
+        try:
+            from lsmerge.codecs.vae import VAECodec
+        except ImportError as e:
+            raise LsMergeError(f"{path} is not a PCA codec and the VAE codec is unavailable ({e}). Use codec: pca.") from None
+        codec = VAECodec.from_checkpoint(path)
+        stats = vae_statistics(path, codec, importance)
+    return SideChannelCodec(codec, side_channel, stats) if side_channel else codec
+
+
+def vae_statistics(path: Path, codec, importance: str | None) -> ImportanceStats | None:
+    """The statistics of an output-weighted VAE (given, or beside its checkpoint), digest checked."""
+    digest = codec.model.hparams.get("importance_digest") if codec.model.hparams.get("output_weighting") else None
+    found = Path(importance) if importance else path.parent / IMPORTANCE_FILE
+    if digest is None:
+        return ImportanceStats.load(importance) if importance else None
+    if not found.is_file():
+        raise LsMergeError(f"the VAE {path} was trained with importance weighting (calibration digest {digest[:12]}) "
+                           f"and is used with its statistics, but {found} does not exist. Pass --importance with the "
+                           f"file of data.importance it was trained with, or copy it beside the checkpoint as {IMPORTANCE_FILE}.")
+    stats = ImportanceStats.load(found)
+    stats.check_digest(digest, f"the VAE {path}")
+    return stats
 
 
 def fit_pca(stores: Sequence[CheckpointStore], names: Sequence[str], *, chunk_size: int, rank: int | None,

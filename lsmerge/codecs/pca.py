@@ -21,6 +21,14 @@ the projection ``z`` (not PPCA's shrunk mean, so the decoder reproduces the reco
 at temperature 0) with that variance; at full rank ``sigma^2 = 0`` and samples equal ``z``.
 The prior along axis ``j`` is ``N(0, lambda_j)`` (`prior_std`).
 
+Output weighting (``importance``, `lsmerge.data.importance`): each 2-d tensor's z-scored
+values are multiplied by ``sqrt(a_j)``, a_j = h_j / mean(h) its column weights, before chunking,
+and divided by it after decoding. PCA of the scaled chunks minimises the weighted error
+``sum_ij a_j (x_ij - x^_ij)^2 = ||(X - X^) diag(sqrt a)||_F^2`` exactly, the diagonal
+approximation of the layer's output error ||(W - W^) X_in^T||^2. Such a codec needs its
+statistics to decode: they are saved beside it (``importance.safetensors``, with the
+calibration digest, which ``pca_codec.json`` records and `load` checks).
+
 Files: ``pca_codec.json`` (settings, family, key list) and ``pca_codec.safetensors``
 (per key ``<key>.mean``, ``<key>.components``, ``<key>.variances``) -- no pickles.
 """
@@ -38,6 +46,7 @@ from safetensors.torch import load_file, save
 
 from lsmerge.codecs.base import TensorLatent, posterior_samples
 from lsmerge.data.chunking import check_layout, chunk, tensor_stats, unchunk
+from lsmerge.data.importance import IMPORTANCE_FILE, ImportanceStats, column_weights
 from lsmerge.errors import LsMergeError
 from lsmerge.io.atomic import atomic_paths
 from lsmerge.io.archmap import ArchitectureMap
@@ -48,10 +57,14 @@ BasisPer = Literal["tensor", "kind"]
 BASIS_PER = get_args(BasisPer)
 
 
-def _normalised_chunks(weight: torch.Tensor, chunk_size: int, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """weight -> (chunks (n, chunk_size) float64 of the z-scored weight, norm (2,) = (mean, std))."""
+def _normalised_chunks(weight: torch.Tensor, chunk_size: int, layout: str,
+                       scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight -> (chunks (n, chunk_size) float64 of the z-scored weight, times `scale` (in,) per column
+    when given, norm (2,) = (mean, std))."""
     norm = tensor_stats(weight)
     x = (weight.detach().to(torch.float64) - norm[0]) / norm[1]
+    if scale is not None:
+        x = x * scale[None, :]
     return chunk(x, chunk_size, layout), norm
 
 
@@ -109,6 +122,13 @@ class _CovarianceAccumulator:
         return PCABasis(mean, evecs[:, :rank].contiguous(), evals, self.count)
 
 
+def _column_scale(importance: ImportanceStats | None, name: str, shape) -> torch.Tensor | None:
+    """sqrt of the column weights (in,) float64 of a 2-d tensor under output weighting, else None."""
+    if importance is None or len(shape) != 2:
+        return None
+    return column_weights(importance.for_tensor(name, tuple(shape))).sqrt()
+
+
 class PCACodec:
     """Encode / decode weight tensors with per-tensor (or per-kind) PCA over chunks.
 
@@ -121,10 +141,11 @@ class PCACodec:
         per: "tensor" (one basis per tensor name) or "kind" (one per module kind).
         family: `config.json` model_type of the model(s) it was fitted on.
         names: tensor names it was fitted on.
+        importance: the input statistics of an output-weighted codec (None: plain PCA).
     """
 
     def __init__(self, bases: dict[str, PCABasis], *, chunk_size: int, per: str, family: str | None,
-                 names: Sequence[str], layout: str = "flat"):
+                 names: Sequence[str], layout: str = "flat", importance: ImportanceStats | None = None):
         check_layout(layout)
         if per not in BASIS_PER:
             raise LsMergeError(f"pca_basis must be one of {BASIS_PER}, got {per!r}.")
@@ -136,6 +157,7 @@ class PCACodec:
         self.names = list(names)
         self._names = set(self.names)
         self._amap = ArchitectureMap(family) if per == "kind" else None
+        self.importance = importance
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -148,6 +170,7 @@ class PCACodec:
         per: str = "tensor",
         family: str | None = None,
         layout: str = "flat",
+        importance: ImportanceStats | None = None,
     ) -> "PCACodec":
         """Fit bases on ``(name, [tensor of model 1, tensor of model 2, ...])`` pairs, streamed.
 
@@ -160,6 +183,7 @@ class PCACodec:
             family: model_type of the fitting models (checked against models at merge time).
             layout: chunk layout, "flat" (sequential, the paper's) or "rows" (chunks never span
                 two rows), as in `lsmerge.data.chunking`.
+            importance: input second moments: fit and code the output-weighted values (module doc).
         """
         check_layout(layout)
         if chunk_size <= 0:
@@ -178,16 +202,17 @@ class PCACodec:
             key = name if amap is None else amap.role(name).kind
             acc = accs.setdefault(key, _CovarianceAccumulator(chunk_size))
             for t in copies:
-                acc.add(_normalised_chunks(t, chunk_size, layout)[0])
+                acc.add(_normalised_chunks(t, chunk_size, layout, _column_scale(importance, name, t.shape))[0])
             names.append(name)
         if not accs:
             raise LsMergeError("no tensors to fit the PCA codec on; check the `kinds` selection.")
         bases = {key: acc.basis(rank) for key, acc in accs.items()}
-        return cls(bases, chunk_size=chunk_size, per=per, family=family, names=names, layout=layout)
+        return cls(bases, chunk_size=chunk_size, per=per, family=family, names=names, layout=layout, importance=importance)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PCACodec":
-        """Load a codec saved by `save` (JSON + safetensors, no pickle)."""
+    def load(cls, path: str | os.PathLike, importance: str | os.PathLike | None = None) -> "PCACodec":
+        """Load a codec saved by `save` (JSON + safetensors, no pickle); an output-weighted one with
+        its statistics (`importance`, default the file beside it), checked against its digest."""
         path = Path(path)
         meta_file, tensor_file = path / CODEC_JSON, path / CODEC_TENSORS
         if not meta_file.exists() or not tensor_file.exists():
@@ -198,8 +223,18 @@ class PCACodec:
             key: PCABasis(tensors[f"{key}.mean"], tensors[f"{key}.components"], tensors[f"{key}.variances"], n)
             for key, n in meta["keys"].items()
         }
+        stats = None
+        if meta.get("importance_digest"):
+            found = Path(importance) if importance else path / IMPORTANCE_FILE
+            if not found.is_file():
+                raise LsMergeError(f"the PCA codec {path} was fitted with importance weighting (calibration digest "
+                                   f"{meta['importance_digest'][:12]}) and cannot decode without its statistics, but "
+                                   f"{found} does not exist. Put the {IMPORTANCE_FILE} it was fitted with beside it "
+                                   "(or pass it), or refit the codec.")
+            stats = ImportanceStats.load(found)
+            stats.check_digest(meta["importance_digest"], f"the PCA codec {path}")
         return cls(bases, chunk_size=meta["chunk_size"], per=meta["per"], family=meta["family"], names=meta["names"],
-                   layout=meta.get("layout", "flat"))
+                   layout=meta.get("layout", "flat"), importance=stats)
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -217,11 +252,15 @@ class PCACodec:
             "family": self.family,
             "names": self.names,
             "keys": {k: b.n_chunks for k, b in self.bases.items()},
+            "importance_digest": self.importance.digest if self.importance else None,
         }
-        # both files or neither; serialised in memory so a failed write is an OSError naming the path
-        with atomic_paths(path / CODEC_TENSORS, path / CODEC_JSON) as (tensor_tmp, meta_tmp):
-            tensor_tmp.write_bytes(save(tensors))
-            meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        # all files or none; serialised in memory so a failed write is an OSError naming the path
+        files = [path / CODEC_TENSORS, path / CODEC_JSON] + ([path / IMPORTANCE_FILE] if self.importance else [])
+        with atomic_paths(*files) as tmps:
+            tmps[0].write_bytes(save(tensors))
+            tmps[1].write_text(json.dumps(meta, indent=2) + "\n")
+            if self.importance:
+                tmps[2].write_bytes(self.importance.to_bytes())
         return path
 
     # -- facts -----------------------------------------------------------------------------
@@ -244,8 +283,11 @@ class PCACodec:
         return sorted({amap.role(n).kind for n in self.names})
 
     def describe(self) -> dict:
-        return {"codec": "pca", "chunk_size": self.chunk_size, "layout": self.layout, "rank": self.rank,
-                "per": self.per, "family": self.family}
+        out = {"codec": "pca", "chunk_size": self.chunk_size, "layout": self.layout, "rank": self.rank,
+               "per": self.per, "family": self.family}
+        if self.importance is not None:
+            out["importance"] = self.importance.describe()
+        return out
 
     def _basis(self, name: str) -> PCABasis:
         key = name if self._amap is None else self._amap.role(name).kind
@@ -263,7 +305,8 @@ class PCACodec:
     def encode(self, name: str, weight: torch.Tensor) -> TensorLatent:
         """weight (any shape) -> latent with z (ceil(numel / chunk_size), rank), float32."""
         basis = self._basis(name)
-        chunks, norm = _normalised_chunks(weight, self.chunk_size, self.layout)
+        chunks, norm = _normalised_chunks(weight, self.chunk_size, self.layout,
+                                          _column_scale(self.importance, name, weight.shape))
         z = (chunks - basis.mean) @ basis.components
         latent = TensorLatent(z=z.float(), norm=norm.float(), shape=tuple(weight.shape))
         var = self._posterior_variance(basis)
@@ -279,6 +322,9 @@ class PCACodec:
             raise LsMergeError(f"latent for {name!r} has latent_dim {z.shape[1]}, the PCA codec expects {basis.rank}.")
         chunks = z @ basis.components.T + basis.mean
         w = unchunk(chunks, latent.shape, self.layout)
+        scale = _column_scale(self.importance, name, latent.shape)
+        if scale is not None:
+            w = w / scale[None, :]
         mean, std = latent.norm.to(torch.float64)
         return (w * std + mean).float()
 

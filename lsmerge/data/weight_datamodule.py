@@ -53,6 +53,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lsmerge.data import chunking
+from lsmerge.data.importance import WeightedWindows, statistics_for
 from lsmerge.data.resume import ResumableLoader
 from lsmerge.data.task_codes import task_code_source
 from lsmerge.errors import LsMergeError
@@ -202,6 +203,7 @@ class WeightChunkDataModule(L.LightningDataModule):
             task-vector codec merges); the checkpoints are then the experts of `base`.
         base: task_codes: the model the checkpoints were fine-tuned from.
         rank_fraction: task_codes: fraction in (0, 1] of each tensor's joint rank kept (default: full).
+        importance: input second moments (`lsmerge importance`): batches carry `col_weight` (output weighting).
     """
 
     def __init__(
@@ -225,6 +227,7 @@ class WeightChunkDataModule(L.LightningDataModule):
         source: Source = "weights",
         base: str | None = None,
         rank_fraction: float | None = None,
+        importance: str | None = None,
     ):
         super().__init__()
         chunking.check_positive(chunk_size=chunk_size, tokens_per_sample=tokens_per_sample, batch_size=batch_size)
@@ -270,6 +273,8 @@ class WeightChunkDataModule(L.LightningDataModule):
         self.tensors = self._tensor_specs()
         self.num_layers = max(self.arch.num_layers(s.names) for s in self.stores)
         self.num_sources = len(self.stores)
+        self.importance = statistics_for(importance, self.tensors)
+        self.importance_digest = self.importance.digest if self.importance else None
         self._train: ChunkWindows | None = None
         self._val: ChunkWindows | None = None
 
@@ -420,6 +425,7 @@ class WeightChunkDataModule(L.LightningDataModule):
         self.table = table
         self._train = ChunkWindows(path, table, train, lengths, self.tokens_per_sample)
         self._val = ChunkWindows(path, table, val, lengths, self.tokens_per_sample)
+        self._train, self._val = WeightedWindows.wrap(self.importance, table, self.chunk_size, self.layout, self._train, self._val)
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
         kw = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())

@@ -10,7 +10,10 @@ Per window of T chunk tokens of one tensor, x (B, T, c) in normalised space:
 
     L = sum_m rho(x^ - x) / sum_m 1  +  beta * sum_tokens KL(q(z|x) || N(0, I)) / (n_tokens * c)
 
-rho is the square (MSE) or Huber; the sums run over real values only (padding masked);
+rho is the square (MSE) or Huber; the sums run over real values only (padding masked); with
+`output_weighting` each value's rho is multiplied by its column's weight h_j / mean(h) (the
+batch's `col_weight`, `lsmerge.data.importance`), so the loss approximates the layer's output
+error ||(W - W^) diag(sqrt h)||^2 (the diagonal of X^T X) rather than the weights' error;
 the KL is scaled per weight value so `beta` weighs the same units as the reconstruction.
 `cond` adds learned layer, kind and window-slot embeddings and a sinusoidal embedding of the
 chunk's index in its tensor (`TokenConditioning`). Compression ratio = chunk_size / latent_dim.
@@ -144,6 +147,10 @@ class WeightVAE(L.LightningModule):
         weight_decay: AdamW weight decay.
         lr_warmup_steps: linear learning-rate warm-up steps.
         min_lr_ratio: cosine decay floor as a fraction of `lr` (over the run's estimated steps).
+        output_weighting: weight each value's reconstruction error by its column's input second
+            moment (needs `data.importance`, the file of `lsmerge importance`).
+        importance_digest: calibration digest of the importance statistics (linked; checked when
+            the codec is used with its statistics).
     """
 
     def __init__(
@@ -176,6 +183,8 @@ class WeightVAE(L.LightningModule):
         weight_decay: float = 0.01,
         lr_warmup_steps: int = 50,
         min_lr_ratio: float = 0.1,
+        output_weighting: bool = False,
+        importance_digest: str | None = None,
     ):
         super().__init__()
         chunking.check_positive(
@@ -191,6 +200,11 @@ class WeightVAE(L.LightningModule):
             from lsmerge.errors import LsMergeError
 
             raise LsMergeError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
+        if output_weighting and not importance_digest:
+            from lsmerge.errors import LsMergeError
+
+            raise LsMergeError("model.output_weighting needs importance statistics: set data.importance to the file of "
+                               "`lsmerge importance` (or model.output_weighting: false).")
         self.save_hyperparameters()
         self.tensors = list(tensors or [])
         self.tensor_index = {t["name"]: i for i, t in enumerate(self.tensors)}
@@ -255,6 +269,8 @@ class WeightVAE(L.LightningModule):
             rho = F.huber_loss(xhat, x, reduction="none", delta=self.hparams.huber_delta)
         else:
             rho = (xhat - x).pow(2)
+        if self.hparams.get("output_weighting"):
+            rho = rho * batch["col_weight"].float()
         recon = (rho * mask).sum() / mask.sum().clamp_min(1)
         tok = (batch["lengths"] > 0).float()
         kl = (gaussian_kl(out["mu"].float(), out["logvar"].float()) * tok).sum() / (tok.sum().clamp_min(1) * c)

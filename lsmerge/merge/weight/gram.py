@@ -93,8 +93,10 @@ def calibration_tokenizer(path: str | Path):
         ) from None
 
 
-def collect_grams(model_path: str | Path, weight_names: set[str], calib: Calibration, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Average input Gram (in, in) float64 of each nn.Linear whose `<module>.weight` is in `weight_names`."""
+def collect_grams(model_path: str | Path, weight_names: set[str], calib: Calibration, device: str = "cpu",
+                  diagonal: bool = False) -> dict[str, torch.Tensor]:
+    """Average input Gram (in, in) float64 of each nn.Linear whose `<module>.weight` is in `weight_names`;
+    with `diagonal`, only its diagonal (in,): the mean of x_j^2 (memory O(in); lsmerge.data.importance)."""
     tokenizer = calibration_tokenizer(calib.tokenizer or model_path)
     batches = calibration_batches(tokenizer, calib)
     model = load_causal_lm(model_path, "float32", device)
@@ -108,9 +110,10 @@ def collect_grams(model_path: str | Path, weight_names: set[str], calib: Calibra
             x = x[state["mask"]] if x.dim() == 3 else x.reshape(-1, x.shape[-1])
             x = x.to(torch.float64)
             if key not in sums:
-                sums[key] = torch.zeros((x.shape[-1], x.shape[-1]), dtype=torch.float64, device=x.device)
+                size = (x.shape[-1],) if diagonal else (x.shape[-1], x.shape[-1])
+                sums[key] = torch.zeros(size, dtype=torch.float64, device=x.device)
                 counts[key] = 0
-            sums[key] += x.T @ x
+            sums[key] += x.pow(2).sum(0) if diagonal else x.T @ x
             counts[key] += x.shape[0]
 
         return hook

@@ -70,7 +70,7 @@ def run_plan(plan: MergePlan, grams: dict[str, list[torch.Tensor]] | None = None
                     xs.append(x.to(device))
                 del x  # xs is the only reference left: the method may release it
                 base_t = ref_t.to(device) if plan.base is not None else None
-                ctx = TensorContext(task.name, plan.seed, grams.get(task.name) if grams else None)
+                ctx = TensorContext(task.name, plan.seed, grams.get(task.name) if grams else None, task.kind)
                 merged = plan.method.merge(xs, base_t, task.params, ctx)
                 out_dtype = plan.dtype or ref_t.dtype
                 writer.add(task.name, merged.to(out_dtype).cpu())

@@ -81,6 +81,7 @@ def test_iso_identities():
     torch.testing.assert_close(iso_cts(b, ts[:1], common_fraction=0.5), iso_c(b, ts[:1]), atol=1e-12, rtol=0)
     # alpha 0 is the base
     assert torch.equal(iso_c(b, ts, alpha=0.0), b) and torch.equal(iso_cts(b, ts, alpha=0.0), b)
+    assert torch.equal(iso_c(b, [b, b]), b) and torch.equal(iso_cts(b, [b, b]), b)  # unchanged by every task
     # identical tasks (k = 6: 2 common + 2 per task, the task blocks the same): the duplicated
     # block counts once, so the merge spans 4 directions at one level (the mean of the 6
     # concatenated singular values) instead of adding arbitrary null-space directions

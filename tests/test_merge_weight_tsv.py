@@ -75,6 +75,7 @@ def test_tsv_identities():
     torch.testing.assert_close(tsv(b, [x], rank_fraction=1.0), x, atol=1e-12, rtol=0)
     torch.testing.assert_close(tsv(b, [x], alpha=0.5, rank_fraction=1.0), b + 0.5 * (x - b), atol=1e-12, rtol=0)
     assert torch.equal(tsv(b, [x, _t(xs[1])], alpha=0.0), b)
+    assert torch.equal(tsv(b, [b.clone(), b.clone()]), b)  # no task changed it: the base, no SVD
     # identical tasks: the duplicated singular vectors count once (the expert at full rank,
     # its best rank-r approximation at r = k / 2)
     torch.testing.assert_close(tsv(b, [x, x.clone()], rank_fraction=1.0), x, atol=1e-10, rtol=0)

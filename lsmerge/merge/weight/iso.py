@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 
 from lsmerge.merge.weight.base import MergeMethod, Param, TensorContext, density_range, finite, register, release_inputs
-from lsmerge.merge.weight.spectral import is_task_matrix, polar_factor, thin_svd
+from lsmerge.merge.weight.spectral import all_zero, is_task_matrix, polar_factor, thin_svd
 from lsmerge.merge.weight.task_arithmetic import task_vectors
 from lsmerge.merge.weight.tsv import mean_task_vector
 
@@ -97,6 +97,8 @@ def iso_of_task_vectors(base, deltas, delta_fn, alpha=1.0, matrix=None) -> torch
     """base + alpha * delta_fn(deltas) for a task matrix, base + alpha * mean_i deltas_i otherwise."""
     if not (base.dim() == 2 if matrix is None else matrix):
         return mean_task_vector(base, deltas, alpha)
+    if all_zero(deltas):
+        return base.to(deltas.dtype).clone()
     return delta_fn(deltas).mul_(alpha).add_(base.to(deltas.dtype))
 
 

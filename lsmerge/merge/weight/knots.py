@@ -36,7 +36,7 @@ import torch
 
 from lsmerge.merge.weight.base import MergeMethod, Param, TensorContext, density_range, finite, register, release_inputs, tensor_seed
 from lsmerge.merge.weight.dare import RESCALES, dare_drop
-from lsmerge.merge.weight.spectral import is_task_matrix
+from lsmerge.merge.weight.spectral import all_zero, is_task_matrix
 from lsmerge.merge.weight.task_arithmetic import task_vectors
 from lsmerge.merge.weight.ties import ties_of_task_vectors
 
@@ -46,6 +46,8 @@ def joint_basis(deltas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     The SVD runs in float64 on deltas' device; U and C come back in deltas' dtype."""
     n_tasks, out_dim, in_dim = deltas.shape
+    if all_zero(deltas):
+        return deltas.new_zeros(out_dim, 0), deltas.new_zeros(n_tasks, 0, in_dim)
     joint = deltas.permute(1, 0, 2).reshape(out_dim, n_tasks * in_dim)  # [dW_1 ... dW_N]
     u, s, vh = torch.linalg.svd(joint.to(torch.float64), full_matrices=False)
     del joint

@@ -21,6 +21,11 @@ def is_task_matrix(t: torch.Tensor, kind: str = "") -> bool:
     return t.dim() == 2 and kind not in EMBED_KINDS
 
 
+def all_zero(deltas: torch.Tensor) -> bool:
+    """No task changed this tensor: every SVD-based merge of it is the base (skip the SVDs)."""
+    return not bool(deltas.any())
+
+
 def thin_svd(x: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (m, n) = U diag(s) Vh, U (m, k), s (k) descending, Vh (k, n), k = min(m, n).
 

@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 
 from lsmerge.merge.weight.base import MergeMethod, Param, TensorContext, density_range, finite, register, release_inputs
-from lsmerge.merge.weight.spectral import is_task_matrix, polar_factor, thin_svd
+from lsmerge.merge.weight.spectral import all_zero, is_task_matrix, polar_factor, thin_svd
 from lsmerge.merge.weight.task_arithmetic import task_vectors
 
 
@@ -85,6 +85,8 @@ def tsv_of_task_vectors(base, deltas, alpha=1.0, rank_fraction=None, matrix=None
     """`tsv` from the stacked task vectors (N, *S) of `task_vectors`."""
     if not (base.dim() == 2 if matrix is None else matrix):
         return mean_task_vector(base, deltas, alpha)
+    if all_zero(deltas):
+        return base.to(deltas.dtype).clone()
     return tsv_delta(deltas, rank_fraction).mul_(alpha).add_(base.to(deltas.dtype))
 
 

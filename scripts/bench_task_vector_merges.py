@@ -119,10 +119,10 @@ def perplexities(models: dict[str, Path], max_tokens: int) -> dict[str, dict[str
     results = evaluate(models=[str(p) for p in models.values()], corpora=["shakespeare", "python"], split="validation",
                        root=str(ROOT / "checkpoints"), max_length=512, stride=512, batch_size=4, max_tokens=max_tokens,
                        progress=False)
-    by_path = {str(p): name for name, p in models.items()}
+    by_path = {str(Path(p).resolve()): name for name, p in models.items()}  # results name resolved paths
     table: dict[str, dict[str, float]] = {name: {} for name in models}
     for r in results:
-        table[by_path[str(Path(r.model_path))]][r.text.split("/")[0]] = r.perplexity
+        table[by_path[str(Path(r.model_path).resolve())]][r.text.split("/")[0]] = r.perplexity
     return table
 
 

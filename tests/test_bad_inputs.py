@@ -339,6 +339,19 @@ ROWS = [
     ("fit-importance-missing", lambda b, o: ["fit", "--config", "configs/vae/tiny.yaml", f"--data.checkpoints=[{b.w.e1}]",
      f"--data.importance={b.root / 'none.safetensors'}", "--model.output_weighting=true", f"--data.cache_dir={o}/cache",
      f"--trainer.default_root_dir={o}"], "do not exist"),
+    # -- merge-weights: task-matrix (SVD) methods --------------------------------------------------
+    ("mw-tsv-one-expert", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1}]", "--base_model", str(b.w.base),
+     "--method", "tsv", "--out", o], "at least 2"),
+    ("mw-knots-one-expert", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1}]", "--base_model", str(b.w.base),
+     "--method", "knots_ties", "--out", o], "at least 2"),
+    ("mw-tsv-rank-fraction-zero", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model",
+     str(b.w.base), "--method", "tsv", "--parameters", "{rank_fraction: 0}", "--out", o], "rank_fraction=0"),
+    ("mw-tsv-rank-fraction-above-one", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model",
+     str(b.w.base), "--method", "tsv", "--parameters", "{rank_fraction: 1.5}", "--out", o], "rank_fraction=1.5"),
+    ("mw-iso-cts-common-fraction", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model",
+     str(b.w.base), "--method", "iso_cts", "--parameters", "{common_fraction: 0}", "--out", o], "common_fraction=0"),
+    ("mw-tsv-base-other-shape", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model", str(b.wide),
+     "--method", "tsv", "--out", o], "same size"),
 ]
 
 

@@ -3,11 +3,13 @@ registry (`METHODS`), per-tensor parameter resolution, and a streaming executor.
 
 Methods (pure functions on tensors, formulas in their docstrings): `linear.linear`,
 `slerp.slerp`, `task_arithmetic.task_arithmetic`, `ties.ties`, `dare.dare`,
-`regmean.regmean_solve`. Command: `command.merge_weights` (`lsmerge merge-weights`).
+`regmean.regmean_solve`; over singular vectors of the task matrices (`spectral`):
+`tsv.tsv` (TSV-M), `iso.iso_c` / `iso.iso_cts`, `knots.knots_ties` / `knots.knots_dare`. Command: `command.merge_weights` (`lsmerge merge-weights`).
 """
 
 from lsmerge.merge.weight import dare, linear, regmean, slerp, task_arithmetic, ties  # noqa: F401 - registers the methods
 from lsmerge.merge.weight import passthrough  # noqa: F401 - registers the method
+from lsmerge.merge.weight import iso, knots, tsv  # noqa: F401 - registers the task-matrix (SVD) methods
 from lsmerge.merge.weight.base import METHODS, MergeMethod, Param, TensorContext, get_method, register, tensor_seed
 from lsmerge.merge.weight.dare import dare_drop
 from lsmerge.merge.weight.linear import linear as linear_merge

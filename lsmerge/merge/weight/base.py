@@ -65,6 +65,7 @@ class TensorContext:
     name: str
     seed: int = 0
     grams: list[torch.Tensor] | None = None  # RegMean: one (in, in) Gram per model
+    kind: str = ""  # the tensor's module kind (archmap): `embed` / `lm_head` tables are not linear maps
 
 
 class MergeMethod:

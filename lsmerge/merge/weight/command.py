@@ -55,16 +55,19 @@ def merge_weights(
     mergekit_config: str | None = None,
 ) -> str:
     """Merge checkpoints in weight space: linear, slerp, task_arithmetic, ties, dare_linear,
-    dare_ties, regmean; optionally only some layers or module kinds.
+    dare_ties, regmean, tsv, iso_c, iso_cts, knots_ties, knots_dare; optionally only some layers
+    or module kinds.
 
     Args:
         models: checkpoint folders (or names under checkpoints/base/) to merge. slerp: [t=0, t=1];
             task-vector methods: the fine-tuned models (not the base).
         base_model: the base: task vectors are taken against it (task_arithmetic, ties, dare_*),
             and unselected tensors, config and tokenizer come from it (default: the first model).
-        method: linear | slerp | task_arithmetic | ties | dare_linear | dare_ties | regmean.
+        method: linear | slerp | task_arithmetic | ties | dare_linear | dare_ties | regmean | tsv |
+            iso_c | iso_cts | knots_ties | knots_dare.
         parameters: global parameters, e.g. {weight: [0.7, 0.3]}, {t: 0.5} or a schedule
-            {t: [0, 0.5, 1]}, {density: 0.5, lambda: 1.0}, {alpha: 0.9}. Lists of shared
+            {t: [0, 0.5, 1]}, {density: 0.5, lambda: 1.0}, {alpha: 0.9}, {rank_fraction: 0.25}
+            (tsv), {common_fraction: 0.8} (iso_cts). Lists of shared
             parameters are schedules over depth; lists of weight / density are one per model.
         per_kind: parameters per module kind or group, e.g. {attn: {t: 0.3}, mlp: {t: 0.7}}.
         per_layer: parameters per layer index, e.g. {3: {t: 0.2}}.

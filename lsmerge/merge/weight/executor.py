@@ -124,7 +124,7 @@ def _merge_task(plan: MergePlan, task: TensorTask, tensors: dict, device: torch.
     tensors.clear()  # xs is the only reference left: the method may release it
     if base_t is not None:
         base_t = base_t.to(device)
-    ctx = TensorContext(task.name, plan.seed, grams.get(task.name) if grams else None)
+    ctx = TensorContext(task.name, plan.seed, grams.get(task.name) if grams else None, task.kind)
     return plan.method.merge(xs, base_t, task.params, ctx).to(out_dtype)
 
 

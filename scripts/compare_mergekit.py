@@ -128,6 +128,64 @@ base_model: {A}
 parameters: {{lambda: 0.9}}
 dtype: float32
 """,
+    "breadcrumbs": """
+models:
+  - model: {B}
+    parameters: {{density: 0.5, gamma: 0.05, weight: 1.0}}
+  - model: {C}
+    parameters: {{density: 0.3, gamma: 0.1, weight: 0.6}}
+merge_method: breadcrumbs
+base_model: {A}
+parameters: {{lambda: 0.9}}
+dtype: float32
+""",
+    "breadcrumbs_ties": """
+models:
+  - model: {B}
+    parameters: {{density: 0.6, weight: 0.7}}
+  - model: {C}
+    parameters: {{density: 0.4, gamma: 0.02, weight: 0.5}}
+merge_method: breadcrumbs_ties
+base_model: {A}
+parameters: {{normalize: true, rescale: true, gamma: [0.0, 0.2]}}
+dtype: float32
+""",
+    "sce": """
+models:
+  - model: {A}
+  - model: {B}
+  - model: {C}
+merge_method: sce
+base_model: {A}
+parameters: {{select_topk: 0.4}}
+dtype: float32
+""",
+    "sce_all": """
+models:
+  - model: {B}
+  - model: {C}
+merge_method: sce
+base_model: {A}
+dtype: float32
+""",
+    "ram": """
+models:
+  - model: {B}
+  - model: {C}
+merge_method: ram
+base_model: {A}
+parameters: {{epsilon: 0.01}}
+dtype: float32
+""",
+    "ramplus_tl": """
+models:
+  - model: {B}
+  - model: {C}
+merge_method: ramplus_tl
+base_model: {A}
+parameters: {{epsilon: 0.01, r: 0.5, alpha: 0.8}}
+dtype: float32
+""",
 }
 
 

@@ -256,6 +256,15 @@ ROWS = [
      f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"], "config.json"),
     ("fit-bad-kind", lambda b, o: ["fit", "--config", "configs/vae/tiny.yaml", f"--data.checkpoints=[{b.w.e1}]",
      "--data.kinds=[norm_x]", f"--data.cache_dir={o}/cache", f"--trainer.default_root_dir={o}"], "norm_x"),
+    # -- merge-weights: mergekit's sparse / consensus methods ------------------------------------
+    ("mw-della-epsilon", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model", str(b.w.base),
+     "--method", "della", "--parameters", "{density: 0.1, epsilon: 0.15}", "--out", o], "epsilon"),
+    ("mw-breadcrumbs-gamma", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model", str(b.w.base),
+     "--method", "breadcrumbs", "--parameters", "{density: 0.5, gamma: 1.5}", "--out", o], "gamma"),
+    ("mw-sce-select-topk", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model", str(b.w.base),
+     "--method", "sce", "--parameters", "{select_topk: 2}", "--out", o], "select_topk"),
+    ("mw-ram-epsilon", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model", str(b.w.base),
+     "--method", "ramplus_tl", "--parameters", "{epsilon: -1.0}", "--out", o], "epsilon"),
 ]
 
 

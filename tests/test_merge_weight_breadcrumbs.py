@@ -95,3 +95,18 @@ def test_out_of_range_parameters_are_refused(bad):
               "rescale": "none", "tie_break": "index", **bad}
     with pytest.raises(LsMergeError, match=next(iter(bad))):
         m.check_params(values, "tensor t")
+
+
+@pytest.mark.parametrize("density, gamma", [(0.5, 0.01), (0.2, 0.1)])
+def test_large_mostly_zero_task_vector_matches_a_sorted_reference(density, gamma):
+    """A task vector of 300k entries, two thirds unchanged (zeros) and bf16-like repeated values:
+    the sample-bracket selection (no sort) keeps what a stable sort by (|delta|, index) keeps."""
+    g = torch.Generator().manual_seed(4)
+    delta = torch.randn(300_000, generator=g).to(torch.bfloat16).float()
+    delta[torch.rand(300_000, generator=g) < 2 / 3] = 0
+    keep, drop_bottom = band_counts(delta.numel(), density, gamma)
+    order = torch.sort(delta.abs(), stable=True).indices
+    expected = torch.zeros_like(delta)
+    expected[order[drop_bottom: drop_bottom + keep]] = delta[order[drop_bottom: drop_bottom + keep]]
+    assert torch.equal(breadcrumbs_prune_(delta.clone(), density, gamma), expected)
+    assert torch.equal(breadcrumbs_prune_(torch.zeros(300_000), density, gamma), torch.zeros(300_000))

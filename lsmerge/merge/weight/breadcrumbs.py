@@ -90,9 +90,11 @@ def breadcrumbs_prune_(delta: torch.Tensor, density: float, gamma: float, rescal
     if density >= 1:
         return delta
     keep, drop_bottom = band_counts(delta.numel(), density, gamma)
-    before = delta.abs().sum() if rescale == "l1" else None
     if keep == 0:
         return delta.mul_(0)
+    if not bool(delta.any()):  # nothing changed (e.g. a frozen embedding): zeros either way
+        return delta
+    before = delta.abs().sum() if rescale == "l1" else None
     mask = outlier_band_mask(delta.reshape(-1).abs().float(), keep, drop_bottom, tie_break)
     delta.mul_(mask.view_as(delta).to(delta.dtype))
     del mask

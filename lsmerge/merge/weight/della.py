@@ -70,7 +70,7 @@ def della_prune_(delta: torch.Tensor, density: float, epsilon: float, seed: int,
     density >= 1 returns `delta` unchanged. Needs 0 < density - epsilon and density + epsilon < 1
     (checked by the method's parameters).
     """
-    if density >= 1:
+    if density >= 1 or not bool(delta.any()):  # all zeros (a frozen tensor) stay zeros
         return delta
     rows = as_rows(delta)
     p = keep_probabilities(rows.abs().float(), density, epsilon)

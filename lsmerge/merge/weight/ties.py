@@ -47,7 +47,10 @@ def kth_largest(values: torch.Tensor, k: int) -> float:
     ordered = sample.sort(descending=True).values
     hi, lo = ordered[hi_rank - 1], ordered[lo_rank - 1]
     above = int((values > hi).sum())
-    if above < k:
+    if above < k and lo == hi:  # one value fills the bracket (ties, e.g. a task vector's zeros): no selection
+        if above + int((values == hi).sum()) >= k:
+            return float(hi)
+    elif above < k:
         inside = values[(values >= lo) & (values <= hi)]
         if above + inside.numel() >= k:
             return float(inside.kthvalue(inside.numel() - (k - above) + 1).values)

@@ -63,3 +63,22 @@ def test_no_change_and_zero_selection_return_the_base():
 def test_select_topk_out_of_range_is_refused(bad):
     with pytest.raises(LsMergeError, match="select_topk"):
         get_method("sce").check_params({"select_topk": bad}, "tensor t")
+
+
+def test_population_variance_equals_torch_var():
+    """The chunked float64 two-pass variance gives torch.var's float32 values (mergekit's call)."""
+    from lsmerge.merge.weight import sce as sce_module
+
+    g = torch.Generator().manual_seed(5)
+    for n in (2, 3, 5):
+        deltas = torch.randn(n, 300, 70, generator=g) * torch.logspace(-4, 1, 70)
+        deltas[:, :10] = 0.25  # constant entries: variance exactly 0
+        expected = torch.var(deltas, dim=0, unbiased=False)
+        old = sce_module.CHUNK
+        try:
+            sce_module.CHUNK = 4096  # several chunks, the last one partial
+            got = sce_module.population_variance(deltas)
+        finally:
+            sce_module.CHUNK = old
+        assert torch.equal(got, expected)
+        assert torch.equal(got[:10], torch.zeros(10, 70))

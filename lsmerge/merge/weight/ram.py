@@ -36,13 +36,16 @@ def ram(
     """
     deltas = task_vectors(base, tensors)
     release_inputs(tensors)
+    if not bool(deltas.any()):  # no model changes this tensor (a frozen embedding): the base
+        return base.to(deltas.dtype).clone()
     flat = deltas.view(len(deltas), -1)
     changed = flat.abs() > epsilon
     counts = changed.sum(dim=0, keepdim=True)
     flat.mul_(changed)
+    divisor = counts.clamp(min=1).to(flat.dtype)  # small integers, exact: the same quotients as by int64
     if r is None:
         del changed
-        merged = flat.div_(counts.clamp(min=1)).sum(dim=0)
+        merged = flat.div_(divisor).sum(dim=0)
     else:
         unique = counts == 1
         shared_counts = (changed & (counts > 1)).sum(dim=1)
@@ -51,7 +54,7 @@ def ram(
         rho = shared_counts / unique_counts.clamp(min=epsilon)
         lam = 1 + r * rho.clamp(min=0, max=alpha)
         scaled = flat * lam.unsqueeze(-1)
-        merged = torch.where(unique, scaled, flat.div_(counts.clamp(min=1))).sum(dim=0)
+        merged = torch.where(unique, scaled, flat.div_(divisor)).sum(dim=0)
     del deltas, flat
     return base.to(merged.dtype) + merged.view_as(base)
 

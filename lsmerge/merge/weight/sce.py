@@ -84,6 +84,8 @@ def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], select_topk: float 
     """
     deltas = task_vectors(base, tensors)
     release_inputs(tensors)
+    if not bool(deltas.any()):  # nothing changed (a frozen tensor): every sign is erased, the base
+        return base.to(deltas.dtype).clone()
     if select_topk < 1:
         deltas.mul_(variance_mask(deltas, select_topk))
     weights = sce_weights(deltas).reshape(-1, *([1] * (deltas.dim() - 1)))

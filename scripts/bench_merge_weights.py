@@ -1,6 +1,7 @@
 """Benchmark `lsmerge merge-weights` against mergekit: whole process, wall time and peak memory.
 
-For each method (linear, slerp, ties) the same mergekit YAML recipe is run by
+For each method (linear, slerp, ties; and breadcrumbs, breadcrumbs_ties, della, della_linear, sce,
+ram, ramplus_tl on two task vectors) the same mergekit YAML recipe is run by
 `lsmerge merge-weights --mergekit_config` and by `mergekit-yaml` (its own venv), each as a fresh
 subprocess, alternating, `--repeats` times; the median wall time and the median peak memory are
 reported. A mergekit recipe keeps mergekit's choice among entries tied at TIES' trim cut
@@ -13,7 +14,10 @@ tensors the process allocated). Goal: lsmerge <= 0.5x mergekit's wall time and p
 Scaling: lsmerge merges of two random models of SmolLM2-135M's width with 4 and with 32
 layers; the peak RssAnon of the two must differ by less than 10 %.
 
-Inputs (created on first use under checkpoints/bench/, reused afterwards):
+Inputs (created on first use under checkpoints/bench/, reused afterwards; the two-task-vector
+methods use SmolLM2-135M-Instruct as base and the demo's experts checkpoints/demo/expert-python,
+expert-shakespeare, and are skipped when those are missing; della's outputs differ from mergekit's
+by design, random masks):
   smollm2-135m-wbench   SmolLM2-135M-Instruct + Gaussian noise of 1 % of each tensor's std on
                         every floating tensor (so the embedding has a real task vector too)
   smollm2-width-{4,32}l[-b]  random models of SmolLM2's width (float32)
@@ -79,6 +83,29 @@ dtype: float32
 """,
 }
 RECIPES["ties_index"] = RECIPES["ties"]
+# mergekit's sparse / consensus methods merge two task vectors: base {A} = SmolLM2-135M-Instruct,
+# {B} / {C} = the demo's two experts fine-tuned from it (checkpoints/demo/expert-*), when present.
+EXPERTS = [ROOT / "checkpoints/demo/expert-python", ROOT / "checkpoints/demo/expert-shakespeare"]
+_TWO = """
+models:
+  - model: {{B}}
+    parameters: {{{{weight: 0.6{per_model}}}}}
+  - model: {{C}}
+    parameters: {{{{weight: 0.4{per_model}}}}}
+merge_method: {method}
+base_model: {{A}}
+{shared}dtype: float32
+"""
+TWO_MODEL = {
+    "breadcrumbs": _TWO.format(method="breadcrumbs", per_model=", density: 0.5, gamma: 0.01", shared=""),
+    "breadcrumbs_ties": _TWO.format(method="breadcrumbs_ties", per_model=", density: 0.5, gamma: 0.01", shared=""),
+    "della": _TWO.format(method="della", per_model=", density: 0.5, epsilon: 0.1", shared=""),
+    "della_linear": _TWO.format(method="della_linear", per_model=", density: 0.5, epsilon: 0.1", shared=""),
+    "sce": _TWO.format(method="sce", per_model="", shared="parameters: {{select_topk: 0.5}}\n").replace("weight: 0.6", "").replace("weight: 0.4", ""),
+    "ram": _TWO.format(method="ram", per_model="", shared="").replace("weight: 0.6", "").replace("weight: 0.4", ""),
+    "ramplus_tl": _TWO.format(method="ramplus_tl", per_model="", shared="").replace("weight: 0.6", "").replace("weight: 0.4", ""),
+}
+RECIPES.update(TWO_MODEL)
 # lsmerge's own flags for a recipe (default: the recipe through --mergekit_config).
 NATIVE = {
     "ties_index": lambda a, b: ["--method", "ties", "--base_model", str(a), "--models", f"[{b}]",
@@ -218,11 +245,14 @@ def compare_outputs(ours: Path, theirs: Path) -> str:
             f"worst relative Frobenius difference {worst:.2e}" + (f"; {only} names in one output only" if only else ""))
 
 
-def bench_pair(a: Path, b: Path, methods, tools, repeats: int, mergekit_bin: str, work: Path) -> dict:
+def bench_pair(a: Path, b: Path, methods, tools, repeats: int, mergekit_bin: str, work: Path, c: Path | None = None) -> dict:
     results: dict = {}
     for method in methods:
         recipe = work / f"{method}.yml"
-        recipe.write_text(RECIPES[method].format(A=a, B=b))
+        if method in TWO_MODEL and c is None:
+            print(f"  {method}: skipped (needs a second fine-tuned model)", flush=True)
+            continue
+        recipe.write_text(RECIPES[method].format(A=a, B=b, C=c))
         runs = {tool: [] for tool in tools}
         for r in range(repeats):
             for tool in tools:  # alternate, so load changes hit both alike
@@ -271,7 +301,13 @@ def main() -> int:
         work = Path(tmp)
         b = make_perturbed(BENCH / "smollm2-135m-wbench")
         print(f"SmolLM2-135M: {BASE.name} x {b.name}, {args.repeats} runs each, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
-        res = bench_pair(BASE, b, args.methods, tools, args.repeats, args.mergekit_bin, work)
+        two = [m for m in args.methods if m in TWO_MODEL]
+        res = bench_pair(BASE, b, [m for m in args.methods if m not in TWO_MODEL], tools, args.repeats, args.mergekit_bin, work)
+        if two and all((e / "model.safetensors").exists() for e in EXPERTS):
+            print(f"Task-vector pair: {BASE.name} + {EXPERTS[0].name}, {EXPERTS[1].name}")
+            res.update(bench_pair(BASE, EXPERTS[0], two, tools, args.repeats, args.mergekit_bin, work, EXPERTS[1]))
+        elif two:
+            print(f"skipped {two}: the experts {[str(e) for e in EXPERTS]} are missing (the demo makes them)")
         print("\n| method | lsmerge wall | mergekit wall | ratio | lsmerge VmRSS / RssAnon | mergekit VmRSS / RssAnon | ratio (VmRSS) | goals |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for method, r in res.items():
@@ -296,7 +332,8 @@ def main() -> int:
             for layers in (4, 32):
                 a = make_width_model(BENCH / f"smollm2-width-{layers}l", layers, seed=layers)
                 bb = make_width_model(BENCH / f"smollm2-width-{layers}l-b", layers, seed=1000 + layers)
-                peaks[layers] = bench_pair(a, bb, args.methods, ["lsmerge"], args.scaling_repeats, args.mergekit_bin, work)
+                cc = make_width_model(BENCH / f"smollm2-width-{layers}l-c", layers, seed=2000 + layers) if two else None
+                peaks[layers] = bench_pair(a, bb, args.methods, ["lsmerge"], args.scaling_repeats, args.mergekit_bin, work, cc)
             print("\n| method | 4 layers wall | 32 layers wall | 4 layers VmRSS / RssAnon | 32 layers VmRSS / RssAnon | VmRSS change | goal (< 10 %) |")
             print("| --- | --- | --- | --- | --- | --- | --- |")
             for method in args.methods:

@@ -6,6 +6,9 @@ Builds tiny random Llama checkpoints (float32), runs `mergekit-yaml` from its ow
 then `export LSMERGE_MERGEKIT=$PWD/mk-venv/bin/mergekit-yaml`)
 and lsmerge in-process on each recipe, then compares every tensor:
 rel = max|ours - theirs| / max(max|theirs|, 1e-12), which must be <= 1e-6.
+The random methods (della, della_linear: `--recipes della della_linear`) are compared in
+distribution instead (`compare_distribution`: kept fraction per tensor and against density, its
+growth with magnitude rank, the L1 rescale factor).
 
     .venv/bin/python scripts/compare_mergekit.py [--mergekit-bin PATH/TO/mergekit-yaml] [--workdir DIR]
 
@@ -200,6 +203,64 @@ tokenizer:
 chat_template: "{{% for m in messages %}}<{{{{ m['role'] }}}}> {{{{ m['content'] }}}}{{% endfor %}}"
 dtype: float32
 """,
+    "breadcrumbs": """
+models:
+  - model: {B}
+    parameters: {{density: 0.5, gamma: 0.05, weight: 1.0}}
+  - model: {C}
+    parameters: {{density: 0.3, gamma: 0.1, weight: 0.6}}
+merge_method: breadcrumbs
+base_model: {A}
+parameters: {{lambda: 0.9}}
+dtype: float32
+""",
+    "breadcrumbs_ties": """
+models:
+  - model: {B}
+    parameters: {{density: 0.6, weight: 0.7}}
+  - model: {C}
+    parameters: {{density: 0.4, gamma: 0.02, weight: 0.5}}
+merge_method: breadcrumbs_ties
+base_model: {A}
+parameters: {{normalize: true, rescale: true, gamma: [0.0, 0.2]}}
+dtype: float32
+""",
+    "sce": """
+models:
+  - model: {A}
+  - model: {B}
+  - model: {C}
+merge_method: sce
+base_model: {A}
+parameters: {{select_topk: 0.4}}
+dtype: float32
+""",
+    "sce_all": """
+models:
+  - model: {B}
+  - model: {C}
+merge_method: sce
+base_model: {A}
+dtype: float32
+""",
+    "ram": """
+models:
+  - model: {B}
+  - model: {C}
+merge_method: ram
+base_model: {A}
+parameters: {{epsilon: 0.01}}
+dtype: float32
+""",
+    "ramplus_tl": """
+models:
+  - model: {B}
+  - model: {C}
+merge_method: ramplus_tl
+base_model: {A}
+parameters: {{epsilon: 0.01, r: 0.5, alpha: 0.8}}
+dtype: float32
+""",
 }
 
 
@@ -224,6 +285,70 @@ def vocabularies(n: int = 256) -> dict[str, list[str]]:
     b = specials + [f"w{i}" if not 180 <= i < 200 else f"y{i}" for i in range(n - 2)]
     c = specials + [f"w{i}" for i in reversed(range(200))] + [f"x{i}" for i in range(n - 202)]
     return {"A": a, "B": b, "C": c}
+
+
+# Random methods: compared in distribution, not tensor by tensor. One model B on base A, so an
+# entry is kept where the output differs from the base, and the L1 rescale is output / delta there.
+DELLA_DENSITY, DELLA_EPSILON = 0.4, 0.2
+DISTRIBUTION_RECIPES = {
+    name: f"""
+models:
+  - model: {{B}}
+    parameters: {{{{weight: 1.0, density: {DELLA_DENSITY}, epsilon: {DELLA_EPSILON}}}}}
+merge_method: {name}
+base_model: {{A}}
+dtype: float32
+"""
+    for name in ("della", "della_linear")
+}
+MIN_ENTRIES = 1024  # tensors this large carry the per-tensor statistics
+
+
+def prune_stats(out: dict[str, torch.Tensor], base: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Per tensor of one pruned task vector (out - base against model - base): entries n, kept
+    fraction, kept fraction among the smaller / larger half of |delta| in each row (MagPrune ranks
+    along dim 1; a 1-d tensor is one row), and the rescale factor (median of out / delta where kept)."""
+    stats = {}
+    for name, o in out.items():
+        delta = (model[name] - base[name]).double()
+        got = o.double() - base[name].double()
+        rows = delta.reshape(1, -1) if delta.dim() < 2 else delta
+        kept = (got != 0).reshape(rows.shape)
+        ranks = rows.abs().argsort(dim=1).argsort(dim=1)
+        upper = ranks >= rows.shape[1] / 2
+        scale = (got.reshape(rows.shape)[kept] / rows[kept]).median() if kept.any() else torch.tensor(float("nan"))
+        stats[name] = {"n": delta.numel(), "kept": float(kept.double().mean()), "kept_small": float(kept[~upper].double().mean()),
+                       "kept_large": float(kept[upper].double().mean()), "rescale": float(scale)}
+    return stats
+
+
+def compare_distribution(ours: dict[str, dict], theirs: dict[str, dict], density: float, epsilon: float) -> tuple[dict, list[str]]:
+    """lsmerge's and mergekit's pruning statistics agree: per tensor, kept fractions within 6
+    binomial standard deviations of each other; over all tensors, the kept fraction at density
+    and the large-half minus small-half gap at epsilon (both within 0.02), and the median ratio of
+    the rescale factors within 2 % of 1."""
+    problems, ratios, summary = [], [], {}
+    big = [n for n in ours if ours[n]["n"] >= MIN_ENTRIES]
+    for tool, st in (("lsmerge", ours), ("mergekit", theirs)):
+        weight = sum(st[n]["n"] for n in big)
+        kept = sum(st[n]["kept"] * st[n]["n"] for n in big) / weight
+        gap = sum((st[n]["kept_large"] - st[n]["kept_small"]) * st[n]["n"] for n in big) / weight
+        summary[tool] = {"kept": round(kept, 4), "large_minus_small": round(gap, 4)}
+        if abs(kept - density) > 0.02:
+            problems.append(f"{tool}: kept fraction {kept:.4f}, density {density}")
+        if abs(gap - epsilon) > 0.02:
+            problems.append(f"{tool}: kept(large half) - kept(small half) = {gap:.4f}, expected epsilon {epsilon}")
+    for n in big:
+        a, b = ours[n], theirs[n]
+        sd = (2 * density * (1 - density) / a["n"]) ** 0.5
+        if abs(a["kept"] - b["kept"]) > 6 * sd:
+            problems.append(f"{n}: kept {a['kept']:.4f} (lsmerge) vs {b['kept']:.4f} (mergekit), > 6 sd ({sd:.4f})")
+        ratios.append(a["rescale"] / b["rescale"])
+    median = float(torch.tensor(ratios).median())
+    summary["rescale_ratio_median"] = round(median, 4)
+    if abs(median - 1) > 0.02:
+        problems.append(f"median rescale factor ratio lsmerge / mergekit = {median:.4f}, not within 2 % of 1")
+    return summary, problems
 
 
 def make_models(root: Path) -> dict[str, Path]:
@@ -298,7 +423,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mergekit-bin", default=None, help=f"default: ${MERGEKIT_ENV}, else mergekit-yaml on PATH")
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--recipes", nargs="*", default=list(RECIPES))
+    ap.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=[*RECIPES, *DISTRIBUTION_RECIPES],
+                    help=f"default: the exact ones; {', '.join(DISTRIBUTION_RECIPES)} compare in distribution")
     args = ap.parse_args(argv)
     args.mergekit_bin = args.mergekit_bin or find_mergekit()
     if args.mergekit_bin is None or not Path(args.mergekit_bin).exists():
@@ -312,11 +438,12 @@ def main(argv=None) -> int:
     failed = 0
     for key in args.recipes:
         yml = work / f"{key}.yml"
-        yml.write_text(RECIPES[key].format(L=LAYERS, **{k: str(v) for k, v in paths.items()}))
+        yml.write_text({**RECIPES, **DISTRIBUTION_RECIPES}[key].format(L=LAYERS, **{k: str(v) for k, v in paths.items()}))
         theirs, ours = work / f"mk_{key}", work / f"ls_{key}"
         for d in (theirs, ours):
             shutil.rmtree(d, ignore_errors=True)
-        tokenizer = "tokenizer" in RECIPES[key] or "chat_template" in RECIPES[key]
+        recipe = {**RECIPES, **DISTRIBUTION_RECIPES}[key]
+        tokenizer = "tokenizer" in recipe or "chat_template" in recipe
         t0 = time.perf_counter()
         r = subprocess.run([args.mergekit_bin, str(yml), str(theirs), *([] if tokenizer else ["--no-copy-tokenizer"]),
                             "--out-shard-size", "1B", "--device", "cpu", "--quiet", "--no-write-model-card"],
@@ -329,12 +456,18 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         merge_weights(mergekit_config=str(yml), out=str(ours), device="cpu", progress=False)
         t_ls = time.perf_counter() - t0
-        worst, n, problems = compare(ours, theirs)
-        problems += compare_side_files(ours, theirs, tokenizer)
+        if key in DISTRIBUTION_RECIPES:
+            inputs = {k: load_all(paths[k]) for k in "AB"}
+            summary, problems = compare_distribution(prune_stats(load_all(ours), inputs["A"], inputs["B"]),
+                                                     prune_stats(load_all(theirs), inputs["A"], inputs["B"]), DELLA_DENSITY, DELLA_EPSILON)
+            result = {"distribution": summary}
+        else:
+            worst, n, problems = compare(ours, theirs)
+            result = {"tensors": n, "max_rel_diff": worst}
+            problems += compare_side_files(ours, theirs, tokenizer)
         status = "OK" if not problems else "DIFF"
         failed += bool(problems)
-        print(json.dumps({"recipe": key, "status": status, "tensors": n, "max_rel_diff": worst,
-                          "mergekit_s": round(t_mk, 2), "lsmerge_s": round(t_ls, 2)}))
+        print(json.dumps({"recipe": key, "status": status, **result, "mergekit_s": round(t_mk, 2), "lsmerge_s": round(t_ls, 2)}))
         for p in problems[:10]:
             print(f"    {p}")
     return 1 if failed else 0

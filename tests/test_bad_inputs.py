@@ -352,6 +352,15 @@ ROWS = [
      str(b.w.base), "--method", "iso_cts", "--parameters", "{common_fraction: 0}", "--out", o], "common_fraction=0"),
     ("mw-tsv-base-other-shape", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model", str(b.wide),
      "--method", "tsv", "--out", o], "same size"),
+    # -- merge-weights: mergekit's sparse / consensus methods ------------------------------------
+    ("mw-della-epsilon", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model", str(b.w.base),
+     "--method", "della", "--parameters", "{density: 0.1, epsilon: 0.15}", "--out", o], "epsilon"),
+    ("mw-breadcrumbs-gamma", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model", str(b.w.base),
+     "--method", "breadcrumbs", "--parameters", "{density: 0.5, gamma: 1.5}", "--out", o], "gamma"),
+    ("mw-sce-select-topk", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model", str(b.w.base),
+     "--method", "sce", "--parameters", "{select_topk: 2}", "--out", o], "select_topk"),
+    ("mw-ram-epsilon", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model", str(b.w.base),
+     "--method", "ramplus_tl", "--parameters", "{epsilon: -1.0}", "--out", o], "epsilon"),
 ]
 
 

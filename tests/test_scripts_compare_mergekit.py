@@ -41,3 +41,38 @@ def test_matches_mergekit_passthrough_slices_and_tokenizers(tmp_path):
     rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "passthrough_upscale",
                    "passthrough_frankenmerge", "tokenizer_source_model", "tokenizer_base_chat_template"])
     assert rc == 0
+
+
+def test_matches_mergekit_breadcrumbs_sce_ram(tmp_path):
+    """The deterministic sparse / consensus methods: every tensor within 1e-6 relative of mergekit's."""
+    mod = _compare_module()
+    mk = mod.find_mergekit()
+    if mk is None:
+        pytest.skip("mergekit not found: set LSMERGE_MERGEKIT to its mergekit-yaml, or put mergekit-yaml on PATH "
+                    "(install: see scripts/compare_mergekit.py)")
+    rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "breadcrumbs", "breadcrumbs_ties",
+                   "sce", "sce_all", "ram", "ramplus_tl"])
+    assert rc == 0
+
+
+def test_della_matches_mergekit_in_distribution(tmp_path):
+    """DELLA draws random masks: kept fractions, their growth with magnitude rank and the L1 rescale
+    agree with mergekit's (`compare_distribution`), not the bits."""
+    mod = _compare_module()
+    mk = mod.find_mergekit()
+    if mk is None:
+        pytest.skip("mergekit not found: set LSMERGE_MERGEKIT to its mergekit-yaml, or put mergekit-yaml on PATH "
+                    "(install: see scripts/compare_mergekit.py)")
+    rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "della", "della_linear"])
+    assert rc == 0
+
+
+def test_distribution_comparison_can_fail():
+    """compare_distribution rejects a pruning without the rank tilt or with another rescale."""
+    mod = _compare_module()
+    good = {f"t{i}": {"n": 4096, "kept": 0.4, "kept_small": 0.3, "kept_large": 0.5, "rescale": 2.0} for i in range(5)}
+    assert mod.compare_distribution(good, good, 0.4, 0.2)[1] == []
+    flat = {k: {**v, "kept_small": 0.4, "kept_large": 0.4} for k, v in good.items()}
+    assert any("epsilon" in p for p in mod.compare_distribution(flat, good, 0.4, 0.2)[1])
+    unscaled = {k: {**v, "rescale": 1.0} for k, v in good.items()}
+    assert any("rescale" in p for p in mod.compare_distribution(unscaled, good, 0.4, 0.2)[1])

@@ -139,7 +139,7 @@ class HomogeneousJob:
                            "lambda": lam if m.needs_base else 1.0})
             values = {k: v for k, v in values.items() if k in known}
             meth.check_params(values, f"fallback for {name}")
-            return meth.merge(ts, b, values, wm.TensorContext(name, self.params.seed))
+            return meth.merge(ts, b, values, wm.TensorContext(name, self.params.seed, kind=self.amap.role(name).kind))
 
         return run
 

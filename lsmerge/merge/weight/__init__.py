@@ -18,6 +18,8 @@ from lsmerge.merge.weight.slerp import slerp as slerp_merge
 from lsmerge.merge.weight.task_arithmetic import task_arithmetic as task_arithmetic_merge
 from lsmerge.merge.weight.ties import elect_sign, ties as ties_merge, trim_to_density
 
+from lsmerge.merge.weight import breadcrumbs, della, sce, ram  # noqa: F401,E402 - registers the methods (mergekit's sparse / consensus family)
+
 __all__ = [
     "METHODS", "MergeMethod", "Param", "TensorContext", "dare_drop", "elect_sign", "get_method",
     "linear_merge", "regmean_solve", "register", "slerp_merge", "task_arithmetic_merge", "tensor_seed",

@@ -17,7 +17,7 @@ from lsmerge.merge.weight.base import (
     tensor_seed,
 )
 from lsmerge.merge.weight.task_arithmetic import combine_deltas, task_vectors, weight_column
-from lsmerge.merge.weight.ties import disjoint_mean, elect_sign
+from lsmerge.merge.weight.ties import ties_of_task_vectors
 
 RESCALES = ("inverse_density", "l1", "none")
 
@@ -41,11 +41,39 @@ def dare_drop(delta: torch.Tensor, density: float, seed: int, rescale: str = "in
     if rescale == "inverse_density":
         return out / density
     if rescale == "l1":
-        before, after = delta.abs().sum(), out.abs().sum()
-        if before < 1e-7 or after < 1e-7:
-            return out
-        return out * (before / after)
+        return l1_rescale_(out, delta.abs().sum())
     return out
+
+
+def l1_rescale_(masked: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """mergekit's L1 rescale of a pruned task vector, in place on `masked` (a private buffer):
+
+        masked * (|delta|_1 / |masked|_1),   unchanged when either norm is below 1e-7
+
+    `before` = |delta|_1 of the unpruned delta (a 0-dim tensor), the same float32 operations as
+    mergekit's `rescaled_masked_tensor` so the bits agree.
+    """
+    after = masked.abs().sum()
+    if before < 1e-7 or after < 1e-7:
+        return masked
+    return masked.mul_(before / after)
+
+
+def combine_sparse(base: torch.Tensor, deltas: torch.Tensor, weights: Sequence[float], lam: float, normalize: bool, consensus: bool) -> torch.Tensor:
+    """The last step of mergekit's sparsified task arithmetic (DARE, breadcrumbs, DELLA), on the
+    already pruned stacked deltas (N, *S), a private buffer weighted in place:
+
+        consensus (TIES sign election by mass, disjoint mean):
+            base + lam * sum_i m_i w_i delta_i [/ sum_i m_i w_i]        (`ties_of_task_vectors`)
+        linear:
+            base + lam * sum_i w_i delta_i [/ sum_i w_i]   (a |sum| below 1e-8 counts as 1)
+    """
+    if consensus:
+        return ties_of_task_vectors(base, deltas, weights, [1.0] * len(deltas), lam, normalize)
+    w = weight_column(weights, deltas)
+    divisor = w.sum(dim=0)
+    divisor[divisor.abs() < 1e-8] = 1
+    return combine_deltas(base, deltas.mul_(w), divisor, lam, normalize)
 
 
 def dare(
@@ -70,14 +98,7 @@ def dare(
     deltas = task_vectors(base, tensors)
     for i, (d, s) in enumerate(zip(densities, seeds, strict=True)):
         deltas[i] = dare_drop(deltas[i], float(d), s, rescale)
-    w = weight_column(weights, deltas)
-    weighted = deltas * w
-    if consensus:
-        masked, divisor = disjoint_mean(weighted, w, elect_sign(weighted))
-        return combine_deltas(base, masked, divisor, lam, normalize)
-    divisor = w.sum(dim=0)
-    divisor[divisor.abs() < 1e-8] = 1
-    return combine_deltas(base, weighted, divisor, lam, normalize)
+    return combine_sparse(base, deltas, weights, lam, normalize, consensus)
 
 
 def _rescale_check(v) -> str | None:

@@ -297,8 +297,8 @@ def evaluate_setting(tensor_name: str, setting: Any, t: float) -> Any:
 def _coerce(value: Any, default: Any) -> Any:
     if isinstance(default, bool):
         return bool(value)
-    if default == "l1":  # rescale: true -> mergekit's L1 rescale, false -> none
-        return "l1" if value else "none"
+    if default in ("l1", "none"):  # rescale: true -> mergekit's L1 rescale, false -> none
+        return value if isinstance(value, str) else ("l1" if value else "none")
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 

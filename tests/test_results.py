@@ -164,10 +164,11 @@ def test_pipeline_end_to_end_and_cached(world, tmp_path):
     assert work == [] and len(said) == len(_plan(root, paths)["rows"]), said
 
 
-def test_shipped_plan_has_control_rows_and_the_evaluation_settings():
-    """Every section of the shipped plan has its inputs as they are; every curve and hidden-state mix its
+@pytest.mark.parametrize("plan_file", ["configs/results/smollm2.yaml", "configs/results/smollm2_four_experts.yaml"])
+def test_shipped_plan_has_control_rows_and_the_evaluation_settings(plan_file):
+    """Every section of a shipped plan has its inputs as they are; every curve and hidden-state mix its
     zero point; every section with codec rows an encode-decode without merging; enough test tokens."""
-    plan = load_plan("configs/results/smollm2.yaml")
+    plan = load_plan(plan_file)
     assert plan.eval["max_tokens"] >= 16384 and set(plan.domain_experts) == set(plan.eval["corpora"])
     assert set(plan.references) == set(plan.groups)
     for group in plan.groups:

@@ -99,9 +99,9 @@ def merge_weights(
     meth = get_method(method)
     model_paths = resolve_models(models, " (use weights instead)")
     base_path = resolve_model(base_model) if base_model else None
-    if meth.base == "required":
-        if base_path is None:
-            raise LsMergeError(f"{method} takes task vectors against a base: set base_model.")
+    if meth.base == "required" and base_path is None:
+        raise LsMergeError(f"{method} takes task vectors against a base: set base_model.")
+    if meth.base in ("required", "optional") and base_path is not None:
         if base_path in model_paths:
             raise LsMergeError(f"base_model {base_path} is also listed in models; its task vector would be zero. Remove it from models.")
     n = len(model_paths)
@@ -135,7 +135,7 @@ def merge_weights(
             elif isinstance(v, list):
                 v = "sched"
             label = _fmt(v[0] if isinstance(v, list) else v)
-        named = ([base_path] if base_path and meth.base == "required" else []) + model_paths
+        named = ([base_path] if base_path and meth.base in ("required", "optional") else []) + model_paths
         out = str(Path(out_root) / auto_name(named, method, label, layers, kinds))
     out_path = check_output_dir(out, list(stores), overwrite)
     plan = MergePlan(meth, [stores[p] for p in model_paths], stores[base_path] if base_path else None, archmap, tasks,
@@ -169,7 +169,7 @@ def _merge_mergekit(config: str, out, out_root, dev, dtype, max_shard_size, over
     meth = get_method(recipe.method)
     model_paths = [resolve_model(m, root) for m in recipe.models]
     base_path = resolve_model(recipe.base_model, root) if recipe.base_model else None
-    method_base = base_path if meth.base == "required" else None
+    method_base = base_path if meth.base in ("required", "optional") else None
     stores = _open_all(([base_path] if base_path else []) + model_paths)
     ref = stores[method_base or (base_path if base_path in model_paths else model_paths[0])]
     archmap = ArchitectureMap.from_config(ref.config, layer_pattern=layer_pattern, where=ref.path)

@@ -159,6 +159,8 @@ def read_mergekit_config(path: str | Path) -> MergekitRecipe:
         raise _refuse(f"a model is listed twice among the sources {names}.")
     if inputs == "all":
         models = names + ([base] if base and base not in names else [])
+    elif inputs == "non_base":  # base_model optional: when given, the method's base
+        models = [n for n in names if n != base]
     else:
         if not base:
             raise _refuse(f"{method} needs base_model.")
@@ -171,6 +173,10 @@ def read_mergekit_config(path: str | Path) -> MergekitRecipe:
             models = others
             if not models:
                 raise _refuse(f"{method} needs at least one model besides the base.")
+    meth = METHODS[method]
+    if len(models) < meth.min_models or (meth.max_models is not None and len(models) > meth.max_models):
+        want = f"exactly {meth.min_models}" if meth.max_models == meth.min_models else f"at least {meth.min_models}"
+        raise _refuse(f"{method} takes {want} input model(s); this recipe gives it {len(models)} ({models}).")
     for d in ("dtype", "out_dtype"):
         if raw.get(d) not in (None, "float32", "bfloat16", "float16"):
             raise _refuse(f"{d} {raw.get(d)!r} is not one of float32, bfloat16, float16.")

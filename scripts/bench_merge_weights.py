@@ -1,6 +1,7 @@
 """Benchmark `lsmerge merge-weights` against mergekit: whole process, wall time and peak memory.
 
-For each method (linear, slerp, ties) the same mergekit YAML recipe is run by
+For each method (linear, slerp, ties; model_stock, karcher, nuslerp, multislerp, nearswap,
+arcee_fusion on the base and the two merged LoRA experts under checkpoints/demo/) the same mergekit YAML recipe is run by
 `lsmerge merge-weights --mergekit_config` and by `mergekit-yaml` (its own venv), each as a fresh
 subprocess, alternating, `--repeats` times; the median wall time and the median peak memory are
 reported. A mergekit recipe keeps mergekit's choice among entries tied at TIES' trim cut
@@ -42,7 +43,9 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "checkpoints/base/smollm2-135m-instruct"
 BENCH = ROOT / "checkpoints/bench"
-LSMERGE = [str(ROOT / ".venv/bin/lsmerge"), "merge-weights"]
+# the tree's own console script; in a worktree without .venv, this interpreter on lsmerge.cli
+# (run with PYTHONPATH=<tree> so the tree's code is what runs)
+LSMERGE = ([str(ROOT / ".venv/bin/lsmerge")] if (ROOT / ".venv/bin/lsmerge").exists() else [sys.executable, "-m", "lsmerge.cli"]) + ["merge-weights"]
 MIB = 1 << 20
 
 RECIPES = {
@@ -75,6 +78,62 @@ dtype: float32
 """,
 }
 RECIPES["ties_index"] = RECIPES["ties"]
+# mergekit 0.1.5's other deterministic methods, on the base and two experts {P}, {S} (the merged
+# LoRA experts of scripts/demo.py under checkpoints/demo/, when present; in the scaling check, two
+# more random models of the same width)
+RECIPES.update({
+    "model_stock": """
+models:
+  - model: {P}
+  - model: {S}
+merge_method: model_stock
+base_model: {A}
+dtype: float32
+""",
+    "karcher": """
+models:
+  - model: {P}
+  - model: {S}
+merge_method: karcher
+dtype: float32
+""",
+    "nuslerp": """
+models:
+  - model: {P}
+    parameters: {{weight: 0.6}}
+  - model: {S}
+    parameters: {{weight: 0.4}}
+merge_method: nuslerp
+base_model: {A}
+dtype: float32
+""",
+    "multislerp": """
+models:
+  - model: {P}
+    parameters: {{weight: 0.6}}
+  - model: {S}
+    parameters: {{weight: 0.4}}
+merge_method: multislerp
+base_model: {A}
+dtype: float32
+""",
+    "nearswap": """
+models:
+  - model: {P}
+merge_method: nearswap
+base_model: {A}
+parameters: {{t: 0.0001}}
+dtype: float32
+""",
+    "arcee_fusion": """
+models:
+  - model: {P}
+merge_method: arcee_fusion
+base_model: {A}
+dtype: float32
+""",
+})
+EXPERTS = (ROOT / "checkpoints/demo/expert-python", ROOT / "checkpoints/demo/expert-shakespeare")
 # lsmerge's own flags for a recipe (default: the recipe through --mergekit_config).
 NATIVE = {
     "ties_index": lambda a, b: ["--method", "ties", "--base_model", str(a), "--models", f"[{b}]",
@@ -200,11 +259,14 @@ def compare_outputs(ours: Path, theirs: Path) -> str:
             f"worst relative Frobenius difference {worst:.2e}" + (f"; {only} names in one output only" if only else ""))
 
 
-def bench_pair(a: Path, b: Path, methods, tools, repeats: int, mergekit_bin: str, work: Path) -> dict:
+def bench_pair(a: Path, b: Path, methods, tools, repeats: int, mergekit_bin: str, work: Path, experts=EXPERTS) -> dict:
     results: dict = {}
     for method in methods:
         recipe = work / f"{method}.yml"
-        recipe.write_text(RECIPES[method].format(A=a, B=b))
+        if "{P}" in RECIPES[method] and not all((e / "config.json").exists() for e in experts):
+            print(f"  {method}: skipped, its experts {[str(e) for e in experts]} are missing (scripts/demo.py makes them)")
+            continue
+        recipe.write_text(RECIPES[method].format(A=a, B=b, P=experts[0], S=experts[1]))
         runs = {tool: [] for tool in tools}
         for r in range(repeats):
             for tool in tools:  # alternate, so load changes hit both alike
@@ -265,10 +327,11 @@ def main() -> int:
             for layers in (4, 32):
                 a = make_width_model(BENCH / f"smollm2-width-{layers}l", layers, seed=layers)
                 bb = make_width_model(BENCH / f"smollm2-width-{layers}l-b", layers, seed=1000 + layers)
-                peaks[layers] = bench_pair(a, bb, args.methods, ["lsmerge"], args.scaling_repeats, args.mergekit_bin, work)
+                cc = make_width_model(BENCH / f"smollm2-width-{layers}l-c", layers, seed=2000 + layers)
+                peaks[layers] = bench_pair(a, bb, args.methods, ["lsmerge"], args.scaling_repeats, args.mergekit_bin, work, (bb, cc))
             print("\n| method | 4 layers wall | 32 layers wall | 4 layers VmRSS / RssAnon | 32 layers VmRSS / RssAnon | VmRSS change | goal (< 10 %) |")
             print("| --- | --- | --- | --- | --- | --- | --- |")
-            for method in args.methods:
+            for method in [m for m in args.methods if m in peaks[4] and m in peaks[32]]:
                 p4, p32 = peaks[4][method]["lsmerge"], peaks[32][method]["lsmerge"]
                 change = p32["vmrss_mib"] / p4["vmrss_mib"] - 1  # all resident pages
                 ok &= abs(change) < 0.10

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from lsmerge.merge.weight.base import MergeMethod, Param, TensorContext, boolean, register, release_inputs
+from lsmerge.merge.weight.base import MergeMethod, Param, TensorContext, boolean, compute_dtype, register, release_inputs
 from lsmerge.merge.weight.geometry import combine, gram
 from lsmerge.merge.weight.task_arithmetic import task_vectors
 
@@ -43,28 +43,29 @@ def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise
     """
     if len(tensors) < 2:
         raise ValueError("model_stock needs at least 2 fine-tuned tensors")
-    deltas = task_vectors(base, tensors)
-    return model_stock_of_task_vectors(base, deltas, filter_wise)
-
-
-def model_stock_of_task_vectors(base: torch.Tensor, deltas: torch.Tensor, filter_wise: bool = False) -> torch.Tensor:
-    """`model_stock` from the stacked task vectors (N, *S) of `task_vectors`."""
-    n = deltas.shape[0]
     if filter_wise:
-        rows = deltas if base.dim() > 1 else deltas.unsqueeze(1)  # (N, ..., C): rows along the last dim
-        norms = torch.linalg.vector_norm(rows, dim=-1)
-        cos = [(torch.linalg.vecdot(rows[i], rows[j], dim=-1) / (norms[i] * norms[j]).clamp(min=NORM_FLOOR)).clamp(-1, 1)
-               for i in range(n) for j in range(i + 1, n)]
-        t = stock_ratio(torch.stack(cos).mean(dim=0), n).unsqueeze(-1)  # (..., 1)
-        if base.dim() <= 1:
-            t = t.reshape(-1)
-        mixed = deltas.sum(dim=0).div_(n).mul_(t)
-        return mixed.add_(base.to(mixed.dtype))
-    g = gram(list(deltas))
+        return _filter_wise(base, task_vectors(base, tensors))
+    n = len(tensors)
+    g = gram(tensors, base)  # <delta_i, delta_j>, the task vectors one block at a time
     cos = [max(-1.0, min(1.0, float(g[i, j]) / max(math.sqrt(float(g[i, i]) * float(g[j, j])), NORM_FLOOR)))
            for i in range(n) for j in range(i + 1, n)]
     t = float(stock_ratio(torch.tensor(sum(cos) / len(cos), dtype=torch.float64), n))
-    return combine([t / n] * n, list(deltas), deltas.dtype, add_to=base)
+    # t * mean_i x_i + (1 - t) * base, mergekit's form, in one buffer
+    return combine([t / n] * n, tensors, compute_dtype(base), add_to=base, add_coef=1 - t)
+
+
+def _filter_wise(base: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """`model_stock` with one angle per row, from the stacked task vectors (N, *S)."""
+    n = deltas.shape[0]
+    rows = deltas if base.dim() > 1 else deltas.unsqueeze(1)  # (N, ..., C): rows along the last dim
+    norms = torch.linalg.vector_norm(rows, dim=-1)
+    cos = [(torch.linalg.vecdot(rows[i], rows[j], dim=-1) / (norms[i] * norms[j]).clamp(min=NORM_FLOOR)).clamp(-1, 1)
+           for i in range(n) for j in range(i + 1, n)]
+    t = stock_ratio(torch.stack(cos).mean(dim=0), n).unsqueeze(-1)  # (..., 1)
+    if base.dim() <= 1:
+        t = t.reshape(-1)
+    mixed = deltas.sum(dim=0).div_(n).mul_(t)
+    return mixed.add_(base.to(mixed.dtype))
 
 
 @register
@@ -79,7 +80,9 @@ class ModelStock(MergeMethod):
     mergekit_inputs = "others"
 
     def merge(self, tensors, base, params, ctx: TensorContext) -> torch.Tensor:
+        if not params["filter_wise"]:
+            return model_stock(base, tensors)
         deltas = task_vectors(base, tensors)
         release_inputs(tensors)
-        return model_stock_of_task_vectors(base, deltas, bool(params["filter_wise"]))
+        return _filter_wise(base, deltas)
 

@@ -11,9 +11,8 @@ from typing import Sequence
 import torch
 
 from lsmerge.errors import LsMergeError
-from lsmerge.merge.weight.base import MergeMethod, Param, TensorContext, boolean, compute_dtype, finite, register, release_inputs
-from lsmerge.merge.weight.geometry import combine, gram
-from lsmerge.merge.weight.task_arithmetic import task_vectors
+from lsmerge.merge.weight.base import MergeMethod, Param, TensorContext, boolean, compute_dtype, finite, register
+from lsmerge.merge.weight.geometry import combine, combine_deltas, gram
 
 
 def _positive(v) -> str | None:
@@ -55,17 +54,16 @@ def multislerp(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: 
     step is the identity up to rounding (~1e-7 relative) and is left out here. When the weighted
     mean of the units has norm < eps: two inputs (or all of norm 0) give sum_i w_i x_i (+ base),
     as mergekit; more inputs raise LsMergeError (mergekit raises too). One input is returned as is.
-    Inner products in float64 (`geometry.gram`), then one pass sum_i c_i x_i in float32 (float64
-    stays float64).
+    Inner products in float64 (`geometry.gram`), then one pass sum_i c_i x_i (base + sum_i c_i
+    (x_i - base)) in float32 (float64 stays float64); task vectors exist one block at a time.
 
     Args: tensors N x (S); weights N; base (S) or None. Returns (S).
     """
     dtype = compute_dtype(tensors[0])
     if len(tensors) == 1:
         return tensors[0].to(dtype)
-    xs = list(task_vectors(base, tensors)) if base is not None else [x.to(dtype) for x in tensors]
-    coefs = multislerp_coefficients(gram(xs), weights, normalize, eps, name)
-    return combine(coefs, xs, dtype, add_to=base)
+    coefs = multislerp_coefficients(gram(tensors, base), weights, normalize, eps, name)
+    return combine(coefs, tensors, dtype) if base is None else combine_deltas(coefs, tensors, base)
 
 
 @register
@@ -88,12 +86,4 @@ class MultiSlerp(MergeMethod):
                                "change them or set normalize_weights false.")
 
     def merge(self, tensors, base, params, ctx: TensorContext) -> torch.Tensor:
-        if len(tensors) == 1:
-            return tensors[0].to(compute_dtype(tensors[0]))
-        if base is not None:
-            deltas = task_vectors(base, tensors)
-            release_inputs(tensors)
-            coefs = multislerp_coefficients(gram(list(deltas)), params["weight"], bool(params["normalize_weights"]),
-                                            float(params["eps"]), ctx.name)
-            return combine(coefs, list(deltas), deltas.dtype, add_to=base)
-        return multislerp(tensors, params["weight"], None, bool(params["normalize_weights"]), float(params["eps"]), ctx.name)
+        return multislerp(tensors, params["weight"], base, bool(params["normalize_weights"]), float(params["eps"]), ctx.name)

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lsmerge.errors import LsMergeError
 from lsmerge.merge.weight.base import MergeMethod, Param, TensorContext, boolean, compute_dtype, finite, register
-from lsmerge.merge.weight.slerp import dot_and_norms
+from lsmerge.merge.weight.geometry import combine, combine_deltas, gram
 
 NORM_FLOOR = 1e-7  # a norm below this is taken as this when normalizing (mergekit's clamp)
 EPS = 1e-8  # colinear when 1 - cos^2 <= EPS^2
@@ -39,7 +41,7 @@ def nuslerp(v0: torch.Tensor, v1: torch.Tensor, t: float, flatten: bool = True, 
         slerp  = (sin((1 - t) theta) v0 + sin(t theta) v1) / sin(theta)
                  ((1 - t) v0 + t v1 where 1 - cos^2 <= 1e-16: colinear)
 
-    flatten=True: one angle for the whole tensor (dot products summed in float64).
+    flatten=True: one angle for the whole tensor (`geometry.gram`, float64), then one pass.
     flatten=False: one angle per vector along the last dimension, or along dimension 0 when
     row_wise=True (mergekit's `nuslerp_row_wise`). Unlike `slerp`, there is no 0.9995
     threshold and a zero vector has cos = 0 (theta = 90 deg): mergekit 0.1.5's `nuslerp`.
@@ -49,24 +51,23 @@ def nuslerp(v0: torch.Tensor, v1: torch.Tensor, t: float, flatten: bool = True, 
     Returns (S).
     """
     dtype = compute_dtype(v0)
+    if flatten or v0.dim() == 0:
+        g = gram([v0, v1], base)  # float64 inner products of the (task) vectors, one block at a time
+        n0, n1 = math.sqrt(float(g[0, 0])), math.sqrt(float(g[1, 1]))
+        cos = max(-1.0, min(1.0, float(g[0, 1]) / (max(n0, NORM_FLOOR) * max(n1, NORM_FLOOR))))
+        s0, s1 = (float(s) for s in _coefficients(torch.tensor(cos, dtype=torch.float64), t))
+        return combine([s0, s1], [v0, v1], dtype) if base is None else combine_deltas([s0, s1], [v0, v1], base)
     x, y = v0.to(dtype), v1.to(dtype)
     if base is not None:
         b = base.to(dtype)
         x, y = x - b, y - b
-    if flatten or x.dim() == 0:
-        dot, n0, n1 = dot_and_norms(x, y)
-        cos = dot / (max(n0, NORM_FLOOR) * max(n1, NORM_FLOOR))
-        s0, s1 = (float(s) for s in _coefficients(torch.tensor(max(-1.0, min(1.0, cos)), dtype=torch.float64), t))
-        out = x.mul_(s0) if base is not None or x is not v0 else x * s0
-        out.add_(y, alpha=s1)
-    else:
-        dim = 0 if row_wise else -1
-        n0 = torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_(min=NORM_FLOOR)
-        n1 = torch.linalg.vector_norm(y, dim=dim, keepdim=True).clamp_(min=NORM_FLOOR)
-        cos = (torch.linalg.vecdot(x, y, dim=dim).unsqueeze(dim) / (n0 * n1)).clamp_(-1, 1)
-        s0, s1 = _coefficients(cos, t)
-        out = x * s0
-        out.addcmul_(y, s1)
+    dim = 0 if row_wise else -1
+    n0 = torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_(min=NORM_FLOOR)
+    n1 = torch.linalg.vector_norm(y, dim=dim, keepdim=True).clamp_(min=NORM_FLOOR)
+    cos = (torch.linalg.vecdot(x, y, dim=dim).unsqueeze(dim) / (n0 * n1)).clamp_(-1, 1)
+    s0, s1 = _coefficients(cos, t)
+    out = x * s0
+    out.addcmul_(y, s1)
     return out if base is None else out.add_(base.to(dtype))
 
 

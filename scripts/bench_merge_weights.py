@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -155,8 +156,11 @@ def status_kib(pid: int) -> tuple[int, int] | None:
 
 
 def run_measured(cmd: list[str]) -> dict:
-    """Run `cmd`; wall seconds and peak VmRSS / RssAnon (MiB) polled every ~2 ms."""
+    """Run `cmd`; wall seconds, CPU seconds (user + system, from the reaped child's rusage: what
+    the run costs on a shared machine, where wall time is mostly waiting) and peak VmRSS / RssAnon
+    (MiB) polled every ~2 ms."""
     peak = [0, 0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
 
@@ -174,7 +178,9 @@ def run_measured(cmd: list[str]) -> dict:
     th.join()
     if proc.returncode:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.decode()[-3000:]}")
-    return {"wall_s": wall, "vmrss_mib": peak[0] / 1024, "rssanon_mib": peak[1] / 1024}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": wall, "vmrss_mib": peak[0] / 1024, "rssanon_mib": peak[1] / 1024, "cpu_s": cpu}
 
 
 def copy_side_files(src: Path, dst: Path) -> None:
@@ -276,7 +282,7 @@ def bench_pair(a: Path, b: Path, methods, tools, repeats: int, mergekit_bin: str
                 if r < repeats - 1:
                     shutil.rmtree(out, ignore_errors=True)
                 runs[tool].append(m)
-                print(f"  {method:6s} {tool:8s} run {r + 1}: {m['wall_s']:.1f} s, VmRSS {m['vmrss_mib']:.0f} MiB, RssAnon {m['rssanon_mib']:.0f} MiB", flush=True)
+                print(f"  {method:6s} {tool:8s} run {r + 1}: {m['wall_s']:.1f} s (CPU {m['cpu_s']:.1f} s), VmRSS {m['vmrss_mib']:.0f} MiB, RssAnon {m['rssanon_mib']:.0f} MiB", flush=True)
         results[method] = {tool: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for tool, rs in runs.items()}
         if len(tools) == 2:
             results[method]["compare"] = compare_outputs(work / f"out_lsmerge_{method}", work / f"out_mergekit_{method}")
@@ -321,6 +327,11 @@ def main() -> int:
         for method, r in res.items():
             if "compare" in r:
                 print(f"{method} outputs against mergekit's: {r['compare']}")
+        print("\nCPU seconds (user + system of the process, median): what a run costs when the machine is shared")
+        for method, r in res.items():
+            if "mergekit" in r:
+                ls_cpu, mk_cpu = r["lsmerge"]["cpu_s"], r["mergekit"]["cpu_s"]
+                print(f"{method}: lsmerge {ls_cpu:.1f} s, mergekit {mk_cpu:.1f} s, ratio {ls_cpu / mk_cpu:.2f}x")
         if not args.skip_scaling:
             print("\nScaling (lsmerge only, random models of SmolLM2's width):")
             peaks = {}

@@ -54,3 +54,18 @@ def test_threshold_is_exact_on_large_tensors():
 def test_no_parameters_one_model_and_a_base():
     m = get_method("arcee_fusion")
     assert m.params == () and m.base == "required" and (m.min_models, m.max_models) == (1, 1)
+
+
+def test_native_command_keeps_a_minority_of_changes(tiny_llamas_3layer, tmp_path):
+    from lsmerge.io.store import open_checkpoint
+    from lsmerge.merge.weight.command import merge_weights
+
+    a, b = (str(tiny_llamas_3layer[k]) for k in "AB")
+    out = open_checkpoint(merge_weights(models=[b], base_model=a, method="arcee_fusion", out=str(tmp_path / "f"), progress=False))
+    sa, sb = open_checkpoint(a), open_checkpoint(b)
+    name = next(n for n in sa.names if "down_proj" in n)
+    got, base, x = out.get(name), sa.get(name), sb.get(name)
+    changed = got != base
+    assert torch.allclose(got[changed], x[changed], atol=1e-7)  # a kept change is the model's value (base + delta)
+    assert 0 < int(changed.sum()) < 0.5 * got.numel()  # above median + 1.5 IQR: a minority
+    assert torch.equal(got, arcee_fusion(base, x))

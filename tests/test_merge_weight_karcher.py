@@ -76,3 +76,14 @@ def test_parameter_checks(values, fragment):
     with pytest.raises(LsMergeError, match=fragment):
         get_method("karcher").check_params(values, "tensor w")
     get_method("karcher").check_params({"max_iter": 10.0, "tol": 1e-5}, "tensor w")  # a recipe's 10 arrives as 10.0
+
+
+def test_native_command_merges_every_tensor_with_the_formula(tiny_llamas_3layer, tmp_path):
+    from lsmerge.io.store import open_checkpoint
+    from lsmerge.merge.weight.command import merge_weights
+
+    paths = [str(tiny_llamas_3layer[k]) for k in "ABC"]
+    out = merge_weights(models=paths, method="karcher", parameters={"max_iter": 5}, out=str(tmp_path / "k"), progress=False)
+    got, ins = open_checkpoint(out), [open_checkpoint(p) for p in paths]
+    for name in got.names:
+        assert torch.allclose(got.get(name), karcher([s.get(name) for s in ins], max_iter=5), atol=1e-7), name

@@ -20,9 +20,10 @@ def _hand(base: list[float], xs: list[list[float]]) -> list[float]:
     for i in range(n):
         for j in range(i + 1, n):
             dot = sum(a * b for a, b in zip(ds[i], ds[j]))
-            cos.append(dot / (math.sqrt(sum(a * a for a in ds[i])) * math.sqrt(sum(b * b for b in ds[j]))))
+            norms = math.sqrt(sum(a * a for a in ds[i])) * math.sqrt(sum(b * b for b in ds[j]))
+            cos.append(dot / max(norms, 1e-6))  # a zero task vector (norms alike in all models) counts as cos 0
     c = sum(cos) / len(cos)
-    t = n * c / (1 + (n - 1) * c)
+    t = 0.0 if abs(1 + (n - 1) * c) < 1e-6 else n * c / (1 + (n - 1) * c)
     avg = [sum(x[k] for x in xs) / n for k in range(len(base))]
     return [t * a + (1 - t) * b for a, b in zip(avg, base)]
 
@@ -92,3 +93,15 @@ def test_recipe_with_one_model_besides_the_base_is_refused(tiny_world, tmp_path)
     recipe.write_text(f"models:\n  - model: {tiny_world.e1}\nmerge_method: model_stock\nbase_model: {tiny_world.base}\n")
     with pytest.raises(LsMergeError, match="at least 2"):
         read_mergekit_config(recipe)
+
+
+def test_native_command(tiny_llamas_3layer, tmp_path):
+    from lsmerge.io.store import open_checkpoint
+    from lsmerge.merge.weight.command import merge_weights
+
+    a, b, c = (str(tiny_llamas_3layer[k]) for k in "ABC")
+    out = merge_weights(models=[b, c], base_model=a, method="model_stock", out=str(tmp_path / "m"), progress=False)
+    sa, sb, sc, got = (open_checkpoint(p) for p in (a, b, c, out))
+    for name in got.names:
+        expected = torch.tensor(_hand(sa.get(name).flatten().tolist(), [sb.get(name).flatten().tolist(), sc.get(name).flatten().tolist()]))
+        assert torch.allclose(got.get(name).flatten(), expected, atol=1e-6), name

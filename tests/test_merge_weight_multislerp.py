@@ -66,3 +66,20 @@ def test_parameter_checks():
     with pytest.raises(LsMergeError, match="eps"):
         m.check_params({**ok, "eps": 0}, "tensor w")
     assert m.base == "optional"
+
+
+def test_native_command_with_and_without_a_base(tiny_llamas_3layer, tmp_path):
+    from lsmerge.io.store import open_checkpoint
+    from lsmerge.merge.weight.command import merge_weights
+
+    a, b, c = (str(tiny_llamas_3layer[k]) for k in "ABC")
+    kw = dict(models=[b, c], method="multislerp", parameters={"weight": [0.25, 0.75]}, progress=False)
+    with_base = open_checkpoint(merge_weights(base_model=a, out=str(tmp_path / "tv"), **kw))
+    plain = open_checkpoint(merge_weights(out=str(tmp_path / "p"), **kw))
+    sa, sb, sc = (open_checkpoint(p) for p in (a, b, c))
+    name = next(n for n in sa.names if "up_proj" in n)
+    base = sa.get(name)
+    d = [(s.get(name) - base).flatten().tolist() for s in (sb, sc)]
+    assert torch.allclose(with_base.get(name), base + torch.tensor(_hand(d, [0.25, 0.75])).view_as(base), atol=1e-6)
+    xs = [s.get(name).flatten().tolist() for s in (sb, sc)]
+    assert torch.allclose(plain.get(name), torch.tensor(_hand(xs, [0.25, 0.75])).view_as(base), atol=1e-6)

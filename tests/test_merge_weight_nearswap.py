@@ -42,3 +42,15 @@ def test_t_is_required():
     m = get_method("nearswap")
     with pytest.raises(LsMergeError, match="required"):
         m.check_params({p.name: p.default for p in m.params}, "tensor w")
+
+
+def test_native_command(tiny_llamas_3layer, tmp_path):
+    from lsmerge.io.store import open_checkpoint
+    from lsmerge.merge.weight.command import merge_weights
+
+    a, b = (str(tiny_llamas_3layer[k]) for k in "AB")
+    out = open_checkpoint(merge_weights(models=[b], base_model=a, method="nearswap", parameters={"t": 0.01},
+                                        out=str(tmp_path / "n"), progress=False))
+    sa, sb = open_checkpoint(a), open_checkpoint(b)
+    for name in out.names:
+        assert torch.allclose(out.get(name), sa.get(name) + (sb.get(name) - sa.get(name)).clamp(-0.01, 0.01), atol=1e-6), name

@@ -80,3 +80,18 @@ def test_parameter_checks():
     with pytest.raises(LsMergeError, match="nuslerp_flatten"):
         m.check_params({**ok, "nuslerp_flatten": 1}, "tensor w")
     assert (m.min_models, m.max_models, m.base) == (2, 2, "optional")
+
+
+def test_native_command_with_an_optional_base_takes_task_vectors(tiny_llamas_3layer, tmp_path):
+    from lsmerge.io.store import open_checkpoint
+    from lsmerge.merge.weight.command import merge_weights
+
+    a, b, c = (str(tiny_llamas_3layer[k]) for k in "ABC")
+    with_base = merge_weights(models=[b, c], base_model=a, method="nuslerp", parameters={"weight": [1.0, 3.0]},
+                              out=str(tmp_path / "tv"), progress=False)
+    plain = merge_weights(models=[b, c], method="nuslerp", parameters={"weight": [1.0, 3.0]}, out=str(tmp_path / "p"), progress=False)
+    sa, sb, sc = (open_checkpoint(p) for p in (a, b, c))
+    name = next(n for n in sa.names if "q_proj" in n)
+    assert torch.allclose(open_checkpoint(with_base).get(name), nuslerp(sb.get(name), sc.get(name), 0.75, base=sa.get(name)), atol=1e-7)
+    assert torch.allclose(open_checkpoint(plain).get(name), nuslerp(sb.get(name), sc.get(name), 0.75), atol=1e-7)
+    assert not torch.allclose(open_checkpoint(with_base).get(name), open_checkpoint(plain).get(name), atol=1e-4)

@@ -28,3 +28,15 @@ def test_matches_mergekit_linear_slerp_ties(tmp_path):
                     "(install: see scripts/compare_mergekit.py)")
     rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "linear", "slerp_gradient", "ties"])
     assert rc == 0
+
+
+def test_matches_mergekit_model_stock_karcher_nuslerp_multislerp_nearswap_arcee_fusion(tmp_path):
+    mod = _compare_module()
+    mk = mod.find_mergekit()
+    if mk is None:
+        pytest.skip("mergekit not found: set LSMERGE_MERGEKIT to its mergekit-yaml, or put mergekit-yaml on PATH "
+                    "(install: see scripts/compare_mergekit.py)")
+    # one recipe per method (the script has more: model_stock_filter_wise, karcher, nuslerp_row_wise, multislerp)
+    rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "model_stock", "karcher_base",
+                   "nuslerp", "multislerp_three", "nearswap", "arcee_fusion"])
+    assert rc == 0

@@ -62,7 +62,9 @@ def merge_weights(
             task-vector methods: the fine-tuned models (not the base).
         base_model: the base: task vectors are taken against it (task_arithmetic, ties, dare_*),
             and unselected tensors, config and tokenizer come from it (default: the first model).
-        method: linear | slerp | task_arithmetic | ties | dare_linear | dare_ties | regmean.
+        method: linear | slerp | task_arithmetic | ties | dare_linear | dare_ties | regmean | model_stock |
+            karcher | nuslerp | multislerp | nearswap | arcee_fusion (nuslerp / multislerp: task vectors when
+            base_model is given).
         parameters: global parameters, e.g. {weight: [0.7, 0.3]}, {t: 0.5} or a schedule
             {t: [0, 0.5, 1]}, {density: 0.5, lambda: 1.0}, {alpha: 0.9}. Lists of shared
             parameters are schedules over depth; lists of weight / density are one per model.

@@ -9,7 +9,6 @@ import torch
 
 from lsmerge.errors import LsMergeError
 from lsmerge.merge.weight import get_method
-from lsmerge.merge.weight.geometry import gram
 from lsmerge.merge.weight.karcher import karcher
 
 
@@ -61,13 +60,6 @@ def test_identical_single_and_zero_inputs():
     # two orthogonal unit vectors: the geodesic midpoint
     h = math.sqrt(0.5)
     assert torch.allclose(karcher([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]), torch.tensor([h, h]), atol=1e-7)
-
-
-def test_gram_is_chunked_float64():
-    g = torch.Generator().manual_seed(2)
-    xs = [torch.randn(1000, generator=g) for _ in range(3)]
-    full = torch.stack(xs).double()
-    assert torch.allclose(gram(xs, chunk=7), full @ full.T, rtol=1e-13)
 
 
 @pytest.mark.parametrize("values, fragment", [({"max_iter": 0, "tol": 1e-5}, "max_iter"), ({"max_iter": 2.5, "tol": 1e-5}, "max_iter"),

@@ -11,7 +11,8 @@ import torch
 
 from lsmerge.merge.weight.base import compute_dtype
 
-CHUNK = 1 << 16  # entries per block of the float64 Gram accumulation (N x 512 KiB: stays in cache)
+CHUNK = 1 << 22  # entries per block: N x 32 MiB of float64 temporaries; fewer, larger ops (each op is a
+# parallel region, and on a loaded machine each can wait a scheduler slice: 64Ki blocks took 10x the CPU)
 
 
 def gram(xs: Sequence[torch.Tensor], base: torch.Tensor | None = None, chunk: int = CHUNK) -> torch.Tensor:

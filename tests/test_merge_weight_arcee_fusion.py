@@ -69,3 +69,8 @@ def test_native_command_keeps_a_minority_of_changes(tiny_llamas_3layer, tmp_path
     assert torch.allclose(got[changed], x[changed], atol=1e-7)  # a kept change is the model's value (base + delta)
     assert 0 < int(changed.sum()) < 0.5 * got.numel()  # above median + 1.5 IQR: a minority
     assert torch.equal(got, arcee_fusion(base, x))
+
+
+def test_equal_scores_give_that_score():
+    assert float(fusion_threshold(torch.zeros(300_001))) == 0.0
+    assert float(fusion_threshold(torch.full((5,), 2.0))) == 2.0

@@ -51,6 +51,9 @@ def fusion_threshold(scores: torch.Tensor) -> float:
     """
     flat = scores.reshape(-1)
     n = flat.numel()
+    lo, hi = torch.aminmax(flat)
+    if bool(lo == hi):  # every score equal (an unchanged tensor: all 0): no selection to run
+        return hi + 1.5 * (hi - lo)
     q1, med, q3 = (torch.tensor(kth_largest(flat, n - quantile_index(q, n)), dtype=scores.dtype) for q in QUANTILES)
     return med + 1.5 * (q3 - q1)
 

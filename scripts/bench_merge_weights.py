@@ -1,7 +1,8 @@
 """Benchmark `lsmerge merge-weights` against mergekit: whole process, wall time and peak memory.
 
-For each method (linear, slerp, ties; and breadcrumbs, breadcrumbs_ties, della, della_linear, sce,
-ram, ramplus_tl on two task vectors) the same mergekit YAML recipe is run by
+For each method (linear, slerp, ties; and on two task vectors of the demo's experts under
+checkpoints/demo/: breadcrumbs, breadcrumbs_ties, della, della_linear, sce, ram, ramplus_tl,
+model_stock, karcher, nuslerp, multislerp, nearswap, arcee_fusion) the same mergekit YAML recipe is run by
 `lsmerge merge-weights --mergekit_config` and by `mergekit-yaml` (its own venv), each as a fresh
 subprocess, alternating, `--repeats` times; the median wall time and the median peak memory are
 reported. A mergekit recipe keeps mergekit's choice among entries tied at TIES' trim cut
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -50,7 +52,9 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "checkpoints/base/smollm2-135m-instruct"
 BENCH = ROOT / "checkpoints/bench"
-LSMERGE = [str(ROOT / ".venv/bin/lsmerge"), "merge-weights"]
+# the tree's own console script; in a worktree without .venv, this interpreter on lsmerge.cli
+# (run with PYTHONPATH=<tree> so the tree's code is what runs)
+LSMERGE = ([str(ROOT / ".venv/bin/lsmerge")] if (ROOT / ".venv/bin/lsmerge").exists() else [sys.executable, "-m", "lsmerge.cli"]) + ["merge-weights"]
 MIB = 1 << 20
 
 RECIPES = {
@@ -105,6 +109,59 @@ TWO_MODEL = {
     "ram": _TWO.format(method="ram", per_model="", shared="").replace("weight: 0.6", "").replace("weight: 0.4", ""),
     "ramplus_tl": _TWO.format(method="ramplus_tl", per_model="", shared="").replace("weight: 0.6", "").replace("weight: 0.4", ""),
 }
+# mergekit 0.1.5's spherical and swap methods on the same base and experts
+TWO_MODEL.update({
+    "model_stock": """
+models:
+  - model: {B}
+  - model: {C}
+merge_method: model_stock
+base_model: {A}
+dtype: float32
+""",
+    "karcher": """
+models:
+  - model: {B}
+  - model: {C}
+merge_method: karcher
+dtype: float32
+""",
+    "nuslerp": """
+models:
+  - model: {B}
+    parameters: {{weight: 0.6}}
+  - model: {C}
+    parameters: {{weight: 0.4}}
+merge_method: nuslerp
+base_model: {A}
+dtype: float32
+""",
+    "multislerp": """
+models:
+  - model: {B}
+    parameters: {{weight: 0.6}}
+  - model: {C}
+    parameters: {{weight: 0.4}}
+merge_method: multislerp
+base_model: {A}
+dtype: float32
+""",
+    "nearswap": """
+models:
+  - model: {B}
+merge_method: nearswap
+base_model: {A}
+parameters: {{t: 0.0001}}
+dtype: float32
+""",
+    "arcee_fusion": """
+models:
+  - model: {B}
+merge_method: arcee_fusion
+base_model: {A}
+dtype: float32
+""",
+})
 RECIPES.update(TWO_MODEL)
 # lsmerge's own flags for a recipe (default: the recipe through --mergekit_config).
 NATIVE = {
@@ -127,8 +184,11 @@ def status_kib(pid: int) -> tuple[int, int] | None:
 
 
 def run_measured(cmd: list[str]) -> dict:
-    """Run `cmd`; wall seconds and peak VmRSS / RssAnon (MiB) polled every ~2 ms."""
+    """Run `cmd`; wall seconds, CPU seconds (user + system, from the reaped child's rusage: what
+    the run costs on a shared machine, where wall time is mostly waiting) and peak VmRSS / RssAnon
+    (MiB) polled every ~2 ms."""
     peak = [0, 0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
 
@@ -146,7 +206,9 @@ def run_measured(cmd: list[str]) -> dict:
     th.join()
     if proc.returncode:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.decode()[-3000:]}")
-    return {"wall_s": wall, "vmrss_mib": peak[0] / 1024, "rssanon_mib": peak[1] / 1024}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": wall, "vmrss_mib": peak[0] / 1024, "rssanon_mib": peak[1] / 1024, "cpu_s": cpu}
 
 
 def copy_side_files(src: Path, dst: Path) -> None:
@@ -262,7 +324,7 @@ def bench_pair(a: Path, b: Path, methods, tools, repeats: int, mergekit_bin: str
                 if r < repeats - 1:
                     shutil.rmtree(out, ignore_errors=True)
                 runs[tool].append(m)
-                print(f"  {method:6s} {tool:8s} run {r + 1}: {m['wall_s']:.1f} s, VmRSS {m['vmrss_mib']:.0f} MiB, RssAnon {m['rssanon_mib']:.0f} MiB", flush=True)
+                print(f"  {method:6s} {tool:8s} run {r + 1}: {m['wall_s']:.1f} s (CPU {m['cpu_s']:.1f} s), VmRSS {m['vmrss_mib']:.0f} MiB, RssAnon {m['rssanon_mib']:.0f} MiB", flush=True)
         results[method] = {tool: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for tool, rs in runs.items()}
         if "mergekit" in tools:
             results[method]["compare"] = compare_outputs(work / f"out_lsmerge_{method}", work / f"out_mergekit_{method}")
@@ -326,6 +388,11 @@ def main() -> int:
         for method, r in res.items():
             if "compare" in r:
                 print(f"{method} outputs against mergekit's: {r['compare']}")
+        print("\nCPU seconds (user + system of the process, median): what a run costs when the machine is shared")
+        for method, r in res.items():
+            if "mergekit" in r:
+                ls_cpu, mk_cpu = r["lsmerge"]["cpu_s"], r["mergekit"]["cpu_s"]
+                print(f"{method}: lsmerge {ls_cpu:.1f} s, mergekit {mk_cpu:.1f} s, ratio {ls_cpu / mk_cpu:.2f}x")
         if not args.skip_scaling:
             print("\nScaling (lsmerge only, random models of SmolLM2's width):")
             peaks = {}
@@ -336,7 +403,7 @@ def main() -> int:
                 peaks[layers] = bench_pair(a, bb, args.methods, ["lsmerge"], args.scaling_repeats, args.mergekit_bin, work, cc)
             print("\n| method | 4 layers wall | 32 layers wall | 4 layers VmRSS / RssAnon | 32 layers VmRSS / RssAnon | VmRSS change | goal (< 10 %) |")
             print("| --- | --- | --- | --- | --- | --- | --- |")
-            for method in args.methods:
+            for method in [m for m in args.methods if m in peaks[4] and m in peaks[32]]:
                 p4, p32 = peaks[4][method]["lsmerge"], peaks[32][method]["lsmerge"]
                 change = p32["vmrss_mib"] / p4["vmrss_mib"] - 1  # all resident pages
                 ok &= abs(change) < 0.10

@@ -261,6 +261,98 @@ base_model: {A}
 parameters: {{epsilon: 0.01, r: 0.5, alpha: 0.8}}
 dtype: float32
 """,
+    "model_stock": """
+models:
+  - model: {B}
+  - model: {C}
+merge_method: model_stock
+base_model: {A}
+dtype: float32
+""",
+    "model_stock_filter_wise": """
+models:
+  - model: {A}
+  - model: {B}
+  - model: {C}
+merge_method: model_stock
+base_model: {A}
+parameters: {{filter_wise: true}}
+dtype: float32
+""",
+    "karcher": """
+models:
+  - model: {B}
+  - model: {A}
+  - model: {C}
+merge_method: karcher
+dtype: float32
+""",
+    "karcher_base": """
+models:
+  - model: {B}
+  - model: {C}
+merge_method: karcher
+base_model: {A}
+parameters: {{max_iter: 3, tol: 1.0e-4}}
+dtype: float32
+""",
+    "nuslerp": """
+models:
+  - model: {B}
+    parameters: {{weight: 0.7}}
+  - model: {C}
+    parameters: {{weight: 0.3}}
+merge_method: nuslerp
+base_model: {A}
+dtype: float32
+""",
+    "nuslerp_row_wise": """
+models:
+  - model: {B}
+    parameters: {{weight: 1.0}}
+  - model: {C}
+    parameters: {{weight: 2.0}}
+merge_method: nuslerp
+parameters: {{nuslerp_flatten: false, nuslerp_row_wise: true}}
+dtype: float32
+""",
+    "multislerp": """
+models:
+  - model: {B}
+    parameters: {{weight: 0.6}}
+  - model: {C}
+    parameters: {{weight: 0.4}}
+merge_method: multislerp
+base_model: {A}
+dtype: float32
+""",
+    "multislerp_three": """
+models:
+  - model: {A}
+    parameters: {{weight: 0.5}}
+  - model: {B}
+    parameters: {{weight: 0.3}}
+  - model: {C}
+    parameters: {{weight: [0.2, 0.6]}}
+merge_method: multislerp
+dtype: float32
+""",
+    "nearswap": """
+models:
+  - model: {A}
+  - model: {B}
+merge_method: nearswap
+base_model: {A}
+parameters: {{t: 0.01}}
+dtype: float32
+""",
+    "arcee_fusion": """
+models:
+  - model: {B}
+merge_method: arcee_fusion
+base_model: {A}
+dtype: float32
+""",
 }
 
 

@@ -76,3 +76,16 @@ def test_distribution_comparison_can_fail():
     assert any("epsilon" in p for p in mod.compare_distribution(flat, good, 0.4, 0.2)[1])
     unscaled = {k: {**v, "rescale": 1.0} for k, v in good.items()}
     assert any("rescale" in p for p in mod.compare_distribution(unscaled, good, 0.4, 0.2)[1])
+
+
+def test_matches_mergekit_model_stock_karcher_nuslerp_multislerp_nearswap_arcee_fusion(tmp_path):
+    """The spherical and swap methods: every tensor within 1e-6 relative of mergekit's."""
+    mod = _compare_module()
+    mk = mod.find_mergekit()
+    if mk is None:
+        pytest.skip("mergekit not found: set LSMERGE_MERGEKIT to its mergekit-yaml, or put mergekit-yaml on PATH "
+                    "(install: see scripts/compare_mergekit.py)")
+    # one recipe per method (the script has more: model_stock_filter_wise, karcher, nuslerp_row_wise, multislerp)
+    rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "model_stock", "karcher_base",
+                   "nuslerp", "multislerp_three", "nearswap", "arcee_fusion"])
+    assert rc == 0

@@ -10,6 +10,7 @@ Methods (pure functions on tensors, formulas in their docstrings): `linear.linea
 from lsmerge.merge.weight import dare, linear, regmean, slerp, task_arithmetic, ties  # noqa: F401 - registers the methods
 from lsmerge.merge.weight import passthrough  # noqa: F401 - registers the method
 from lsmerge.merge.weight import iso, knots, tsv  # noqa: F401 - registers the task-matrix (SVD) methods
+from lsmerge.merge.weight import model_stock, karcher, nuslerp, multislerp, nearswap, arcee_fusion  # noqa: F401, E402
 from lsmerge.merge.weight.base import METHODS, MergeMethod, Param, TensorContext, get_method, register, tensor_seed
 from lsmerge.merge.weight.dare import dare_drop
 from lsmerge.merge.weight.linear import linear as linear_merge

@@ -70,8 +70,9 @@ class TensorContext:
 
 class MergeMethod:
     """Base class. `base` policy: 'required' (task vectors are taken against it; it may not
-    also be an input) or 'none' (the method merges its inputs; a base only supplies the
-    tensors left unselected)."""
+    also be an input), 'optional' (used as 'required' when given, e.g. nuslerp / multislerp of
+    task vectors; `merge` gets None without one) or 'none' (the method merges its inputs; a base
+    only supplies the tensors left unselected)."""
 
     name: ClassVar[str]
     base: ClassVar[str] = "none"
@@ -87,7 +88,8 @@ class MergeMethod:
     mergekit_fixed: ClassVar[dict[str, Any]] = {}
     # how a recipe's sources become the method's inputs: "all" (every source, then base_model if
     # not among them), "base_first" ([base_model, the one other source]), "others" (the sources
-    # except base_model; task vectors are taken against it)
+    # except base_model; task vectors are taken against it), "non_base" (the sources except
+    # base_model, which is optional: the method gets it as its base when the recipe names one)
     mergekit_inputs: ClassVar[str] = "others"
 
     def check_mergekit_params(self, block: dict, where: str) -> str | None:

@@ -63,8 +63,10 @@ def merge_weights(
             task-vector methods: the fine-tuned models (not the base).
         base_model: the base: task vectors are taken against it (task_arithmetic, ties, dare_*),
             and unselected tensors, config and tokenizer come from it (default: the first model).
-        method: linear | slerp | task_arithmetic | ties | dare_linear | dare_ties | regmean | tsv |
-            iso_c | iso_cts | knots_ties | knots_dare.
+        method: linear | slerp | task_arithmetic | ties | dare_linear | dare_ties | regmean | model_stock |
+            karcher | nuslerp | multislerp | nearswap | arcee_fusion | breadcrumbs | breadcrumbs_ties | della |
+            della_linear | sce | ram | ramplus_tl | tsv | iso_c | iso_cts | knots_ties | knots_dare
+            (nuslerp / multislerp: task vectors when base_model is given; passthrough through recipes).
         parameters: global parameters, e.g. {weight: [0.7, 0.3]}, {t: 0.5} or a schedule
             {t: [0, 0.5, 1]}, {density: 0.5, lambda: 1.0}, {alpha: 0.9}, {rank_fraction: 0.25}
             (tsv), {common_fraction: 0.8} (iso_cts). Lists of shared
@@ -102,9 +104,9 @@ def merge_weights(
     meth = get_method(method)
     model_paths = resolve_models(models, " (use weights instead)")
     base_path = resolve_model(base_model) if base_model else None
-    if meth.base == "required":
-        if base_path is None:
-            raise LsMergeError(f"{method} takes task vectors against a base: set base_model.")
+    if meth.base == "required" and base_path is None:
+        raise LsMergeError(f"{method} takes task vectors against a base: set base_model.")
+    if meth.base in ("required", "optional") and base_path is not None:
         if base_path in model_paths:
             raise LsMergeError(f"base_model {base_path} is also listed in models; its task vector would be zero. Remove it from models.")
     n = len(model_paths)
@@ -138,7 +140,7 @@ def merge_weights(
             elif isinstance(v, list):
                 v = "sched"
             label = _fmt(v[0] if isinstance(v, list) else v)
-        named = ([base_path] if base_path and meth.base == "required" else []) + model_paths
+        named = ([base_path] if base_path and meth.base in ("required", "optional") else []) + model_paths
         out = str(Path(out_root) / auto_name(named, method, label, layers, kinds))
     out_path = check_output_dir(out, list(stores), overwrite)
     plan = MergePlan(meth, [stores[p] for p in model_paths], stores[base_path] if base_path else None, archmap, tasks,

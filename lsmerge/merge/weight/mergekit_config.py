@@ -102,12 +102,14 @@ class MergekitRecipe:
 def method_inputs(recipe: MergekitRecipe, sl: Slice) -> tuple[list[Source], Source | None]:
     """(the method's inputs, the base source) of one slice, by the method's `mergekit_inputs`:
     "all" every source in order, "base_first" [base, the one other source], "others" the sources
-    except the base (task vectors are taken against it)."""
+    except the base (task vectors are taken against it), "non_base" the same with the base optional."""
     inputs = METHODS[recipe.method].mergekit_inputs
     base = next((x for x in sl.sources if recipe.base_model and x.model == recipe.base_model), None)
     if inputs == "all":
         return list(sl.sources), None
     others = [x for x in sl.sources if x is not base]
+    if inputs == "non_base":  # base_model optional: when given (among the sources), the method's base
+        return others, base
     if base is None:
         raise _refuse(f"{recipe.method} needs base_model among the sources of every slice.")
     if inputs == "base_first":

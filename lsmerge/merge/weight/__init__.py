@@ -4,7 +4,11 @@ registry (`METHODS`), per-tensor parameter resolution, and a streaming executor.
 Methods (pure functions on tensors, formulas in their docstrings): `linear.linear`,
 `slerp.slerp`, `task_arithmetic.task_arithmetic`, `ties.ties`, `dare.dare`,
 `regmean.regmean_solve`; over singular vectors of the task matrices (`spectral`):
-`tsv.tsv` (TSV-M), `iso.iso_c` / `iso.iso_cts`, `knots.knots_ties` / `knots.knots_dare`. Command: `command.merge_weights` (`lsmerge merge-weights`).
+`tsv.tsv` (TSV-M), `iso.iso_c` / `iso.iso_cts`, `knots.knots_ties` / `knots.knots_dare`; the rest
+of mergekit 0.1.5's methods (`breadcrumbs`, `della`, `sce`, `ram`, `model_stock`, `karcher`,
+`nuslerp`, `multislerp`, `nearswap`, `arcee_fusion`, `passthrough`; the spherical ones on
+`geometry`'s Gram matrices). Recipes: `mergekit_config`, `mergekit_layout`, `mergekit_vocab`.
+Command: `command.merge_weights` (`lsmerge merge-weights`).
 """
 
 from lsmerge.merge.weight import dare, linear, regmean, slerp, task_arithmetic, ties  # noqa: F401 - registers the methods

@@ -251,5 +251,22 @@ def _print_mergekit_plan(func, args: list[str], kwargs: dict) -> bool:
     return True
 
 
+def console(argv: list[str] | None = None) -> None:
+    """The process entry point (`lsmerge`, `python -m lsmerge.cli`): `main`, and after an
+    interrupted command (exit 130 / 143, its outputs already removed on the way out) the process
+    ends at once with `os._exit`, skipping the interpreter's teardown: a helper thread that ran
+    torch (the merge executor's reader or workers) may still be unwinding its thread-local state,
+    and racing it against torch's static destructors can abort the process instead of the exit
+    status promised."""
+    try:
+        main(argv)
+    except SystemExit as e:
+        if e.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.code)
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    console()

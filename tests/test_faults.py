@@ -172,8 +172,8 @@ def _slow_add(self, name, tensor):
     _add(self, name, tensor)
     time.sleep(0.03)
 w.CheckpointWriter.add = _slow_add
-from lsmerge.cli import main
-main(sys.argv[1:])
+from lsmerge.cli import console
+console(sys.argv[1:])
 """
 
 

@@ -270,7 +270,12 @@ class CheckpointWriter:
             raise
 
     def abort(self) -> None:
-        """Drop everything written so far, and the parent folders `__enter__` created if still empty."""
+        """Drop everything written so far, and the parent folders `__enter__` created if still empty.
+        Waits for the input-hashing thread first: no thread of ours is left running when an
+        interrupted command exits (a daemon thread stopped mid-call at interpreter exit can abort
+        the process instead of the clean exit status)."""
+        if self._digest_thread is not None and self._digest_thread.is_alive():
+            self._digest_thread.join()
         for shard in self._shards:
             if not shard.file.closed:
                 try:

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import math
 import queue
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,9 @@ def _read_task(plan: MergePlan, task: TensorTask) -> dict[tuple[int, str], torch
     return out
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _read_ahead(plan: MergePlan) -> Iterator[tuple[TensorTask, dict]]:
     """Yield (task, its tensors) in plan order; a daemon thread reads up to READ_AHEAD tasks ahead.
     An error in the reader is raised here, at the task it hit."""
@@ -83,21 +87,34 @@ def _read_ahead(plan: MergePlan) -> Iterator[tuple[TensorTask, dict]]:
             q.put((None, None, e))
 
     thread = threading.Thread(target=reader, name="lsmerge-reader", daemon=True)
-    thread.start()
+    # SIGINT / SIGTERM raise `Interrupted` in the main thread at any bytecode; one landing inside
+    # `thread.start()` would leave a running reader that no `finally` joins (and a daemon thread
+    # killed inside torch at exit aborts the process). So they wait, blocked, until start() is done
+    # and are handled inside the `try` below, which always stops and joins the reader.
+    masked = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    if masked:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
+        thread.start()
+        if masked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            masked = False
         for _ in plan.tasks:
             task, tensors, error = q.get()
             if error is not None:
                 raise error
             yield task, tensors
     finally:
+        if masked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         stop.set()
-        while thread.is_alive():  # unblock a reader waiting on a full queue
-            try:
-                q.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        thread.join()
+        if thread.ident is not None:  # None: start() itself failed, nothing to stop
+            while thread.is_alive():  # unblock a reader waiting on a full queue
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            thread.join()
 
 
 def _merge_task(plan: MergePlan, task: TensorTask, tensors: dict, device: torch.device, grams) -> torch.Tensor:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from lsmerge.data import corpora as corpora_lib
 from lsmerge.errors import LsMergeError
+from lsmerge.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -168,19 +169,14 @@ def download_npm(package: str, version: str, integrity: str, cache: str | Path, 
         return target
     cache.mkdir(parents=True, exist_ok=True)
     url = f"{NPM_REGISTRY}/{package}/-/{package}-{version}.tgz"
-    with tempfile.NamedTemporaryFile(dir=cache, prefix=".download-", suffix=".tgz", delete=False) as tmp:
-        part = Path(tmp.name)
+    with atomic_path(target) as part:  # a failed, refused or interrupted download leaves nothing behind
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                shutil.copyfileobj(resp, tmp)
+            with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
+                shutil.copyfileobj(resp, out)
         except (urllib.error.URLError, OSError) as e:
-            tmp.close()
-            part.unlink(missing_ok=True)
             raise LsMergeError(f"could not download {url} ({e}); check the network, or put the tarball at {target} by hand.") from None
-    if not npm_tarball_ok(part, integrity):
-        part.unlink()
-        raise LsMergeError(f"{url} does not match its pinned integrity {integrity[:20]}...; the registry served other bytes, not used.")
-    part.replace(target)
+        if not npm_tarball_ok(part, integrity):
+            raise LsMergeError(f"{url} does not match its pinned integrity {integrity[:20]}...; the registry served other bytes, not used.")
     return target
 
 

@@ -9,8 +9,10 @@ first expert, a deeper and wider model, each saved with the word-level tokenizer
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +21,10 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the digest cache (lsmerge.io.digest_cache) of this test session, never the user's ~/.cache
+_CACHE = tempfile.mkdtemp(prefix="lsmerge-test-cache-")
+os.environ["LSMERGE_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def tiny_config(family: str = "llama", layers: int = 2, hidden: int = 32, vocab: int = 128, **config):

@@ -6,12 +6,13 @@ bytes) or a secret: URLs lose their user:password@ part and token-like query val
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
 from typing import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from lsmerge.io.digest_cache import cached_file_sha256
 
 # the files of a checkpoint folder whose bytes decide the merge: weights and config
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
@@ -19,13 +20,10 @@ _DIGESTED_NAMES = ("config.json", "pca_codec.json", "model.safetensors.index.jso
 _SECRET_KEYS = re.compile(r"(key|token|secret|password|passwd|pwd|auth|signature|sig|credential)", re.IGNORECASE)
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 16 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (never the whole file in memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read through a 1 MiB buffer; remembered by the file's stat
+    identity so an unchanged input is hashed once (`io.digest_cache`)."""
+    return cached_file_sha256(path)
 
 
 def checkpoint_files(path: Path) -> list[Path]:

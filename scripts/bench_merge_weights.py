@@ -24,7 +24,7 @@ by design, random masks):
   smollm2-width-{4,32}l[-b]  random models of SmolLM2's width (float32)
 
     .venv/bin/python scripts/bench_merge_weights.py [--repeats 3] [--methods linear slerp ties]
-        [--mergekit-bin PATH/TO/mergekit-yaml] [--skip-scaling] [--skip-mergekit] [--floor]
+        [--mergekit-bin PATH/TO/mergekit-yaml] [--skip-scaling] [--skip-mergekit] [--skip-pair] [--floor]
 
 `--floor` instead times lsmerge's linear merge against the floor (a Python process that imports
 torch, reads both inputs and writes one output of the same size), alternating, median of
@@ -342,6 +342,7 @@ def main() -> int:
                     help="default: $LSMERGE_MERGEKIT, else mergekit-yaml on PATH")
     ap.add_argument("--skip-mergekit", action="store_true")
     ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--skip-pair", action="store_true", help="only the scaling (4 against 32 layers)")
     ap.add_argument("--scaling-repeats", type=int, default=1)
     ap.add_argument("--floor", action="store_true", help="time the floor (python + torch + read both + write one) "
                     "beside lsmerge's linear merge, alternating, and report the ratio")
@@ -361,15 +362,17 @@ def main() -> int:
     ok = True
     with tempfile.TemporaryDirectory(prefix="bench_mw_") as tmp:
         work = Path(tmp)
-        b = make_perturbed(BENCH / "smollm2-135m-wbench")
-        print(f"SmolLM2-135M: {BASE.name} x {b.name}, {args.repeats} runs each, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
         two = [m for m in args.methods if m in TWO_MODEL]
-        res = bench_pair(BASE, b, [m for m in args.methods if m not in TWO_MODEL], tools, args.repeats, args.mergekit_bin, work)
-        if two and all((e / "model.safetensors").exists() for e in EXPERTS):
-            print(f"Task-vector pair: {BASE.name} + {EXPERTS[0].name}, {EXPERTS[1].name}")
-            res.update(bench_pair(BASE, EXPERTS[0], two, tools, args.repeats, args.mergekit_bin, work, EXPERTS[1]))
-        elif two:
-            print(f"skipped {two}: the experts {[str(e) for e in EXPERTS]} are missing (the demo makes them)")
+        res = {}
+        if not args.skip_pair:
+            b = make_perturbed(BENCH / "smollm2-135m-wbench")
+            print(f"SmolLM2-135M: {BASE.name} x {b.name}, {args.repeats} runs each, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+            res = bench_pair(BASE, b, [m for m in args.methods if m not in TWO_MODEL], tools, args.repeats, args.mergekit_bin, work)
+            if two and all((e / "model.safetensors").exists() for e in EXPERTS):
+                print(f"Task-vector pair: {BASE.name} + {EXPERTS[0].name}, {EXPERTS[1].name}")
+                res.update(bench_pair(BASE, EXPERTS[0], two, tools, args.repeats, args.mergekit_bin, work, EXPERTS[1]))
+            elif two:
+                print(f"skipped {two}: the experts {[str(e) for e in EXPERTS]} are missing (the demo makes them)")
         print("\n| method | lsmerge wall | mergekit wall | ratio | lsmerge VmRSS / RssAnon | mergekit VmRSS / RssAnon | ratio (VmRSS) | goals |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for method, r in res.items():

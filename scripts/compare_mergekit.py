@@ -9,6 +9,8 @@ rel = max|ours - theirs| / max(max|theirs|, 1e-12), which must be <= 1e-6.
 The random methods (della, della_linear: `--recipes della della_linear`) are compared in
 distribution instead (`compare_distribution`: kept fraction per tensor and against density, its
 growth with magnitude rank, the L1 rescale factor).
+The union tokenizer recipes (`UNION_RECIPES`) are compared token by token: mergekit numbers some
+new tokens in a hash order that changes from run to run (lsmerge/merge/weight/mergekit_union.py).
 
     .venv/bin/python scripts/compare_mergekit.py [--mergekit-bin PATH/TO/mergekit-yaml] [--workdir DIR]
 

@@ -14,10 +14,14 @@ then in the recipe's order (a model without tokenizer files is left out and read
 
 so the base's tokens keep their ids, the new plain tokens follow (ids len(base)..), then the
 new added tokens. mergekit visits one tokenizer's tokens in its `get_vocab()` order, a hash order
-that changes from run to run, so the ids it gives the new plain tokens of one model are a
-different permutation each run; lsmerge visits them by ascending id, one of those permutations.
-Every token's row, the vocabulary as a set, the base's and the added tokens' ids, the vocab size
-and the written tokenizer (transformers' `save_pretrained` of the result) are mergekit's.
+that changes from run to run, and the models other than the base in the order of a Python set
+(`referenced_models()`, string hashes: it changes too, and without a `base_model` so does which
+model is the base); so the ids it gives new tokens differ from run to run. lsmerge visits the
+models base first, then in the recipe's order (the first model is the base when there is no
+`base_model`), each tokenizer's tokens by ascending id: one of mergekit's possible outcomes.
+Every token's row, the vocabulary as a set, the base's tokens' ids, the added tokens' settings,
+the vocab size and the written tokenizer (transformers' `save_pretrained` of the result, so files
+as mergekit writes them) are mergekit's; `scripts/compare_mergekit.py` compares them token by token.
 """
 
 from __future__ import annotations

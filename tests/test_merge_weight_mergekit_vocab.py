@@ -70,3 +70,26 @@ def test_union_merge_remaps_rows_token_by_token(union_llamas, tmp_path, tokenize
                 want = p[name][i]
             assert torch.allclose(m[name][i], want, atol=1e-6), (name, token)
         assert torch.allclose(m[name][11:], m[name][:11].mean(dim=0).expand(rows - 11, -1), atol=1e-6)  # padding
+
+
+def test_union_reads_a_model_without_tokenizer_as_the_base(union_llamas, tmp_path):
+    """As mergekit: a model with no tokenizer files adds no tokens and is read with the base's vocabulary."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from lsmerge.io.store import open_checkpoint
+    from lsmerge.merge.weight.command import merge_weights
+
+    P, Q = union_llamas
+    bare = tmp_path / "Q_bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(Q / f, bare / f)
+    yml = tmp_path / "u.yml"
+    yml.write_text(f"merge_method: linear\nbase_model: {P}\nmodels:\n  - model: {P}\n  - model: {bare}\n"
+                   "parameters: {weight: 1}\ntokenizer_source: union\n")
+    out = merge_weights(mergekit_config=str(yml), out=str(tmp_path / "out"), progress=False)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(P).get_vocab()
+    m, p, q = (open_checkpoint(x).get("model.embed_tokens.weight") for x in (out, P, bare))
+    assert m.shape == (8, 32) and torch.allclose(m, (p[:8] + q[:8]) / 2, atol=1e-6)

@@ -9,6 +9,8 @@ rel = max|ours - theirs| / max(max|theirs|, 1e-12), which must be <= 1e-6.
 The random methods (della, della_linear: `--recipes della della_linear`) are compared in
 distribution instead (`compare_distribution`: kept fraction per tensor and against density, its
 growth with magnitude rank, the L1 rescale factor).
+The union tokenizer recipes (`UNION_RECIPES`) are compared token by token: mergekit numbers some
+new tokens in a hash order that changes from run to run (lsmerge/merge/weight/mergekit_union.py).
 
     .venv/bin/python scripts/compare_mergekit.py [--mergekit-bin PATH/TO/mergekit-yaml] [--workdir DIR]
 
@@ -353,7 +355,36 @@ merge_method: arcee_fusion
 base_model: {A}
 dtype: float32
 """,
+    "tokenizer_union": """
+models:
+  - model: {B}
+    parameters: {{weight: 0.6}}
+  - model: {D}
+    parameters: {{weight: 0.5}}
+merge_method: task_arithmetic
+base_model: {A}
+tokenizer_source: union
+dtype: float32
+""",
+    "tokenizer_union_default": """
+models:
+  - model: {A}
+    parameters: {{weight: 0.5}}
+  - model: {C}
+    parameters: {{weight: 0.2}}
+  - model: {D}
+    parameters: {{weight: 0.3}}
+merge_method: linear
+base_model: {A}
+tokenizer:
+  pad_to_multiple_of: 64
+chat_template: auto
+dtype: float32
+""",
 }
+#: recipes whose output vocabulary is mergekit's union: some of its ids come in hash order (see
+#: lsmerge/merge/weight/mergekit_union.py), so rows and tokenizers are compared token by token
+UNION_RECIPES = ("tokenizer_union", "tokenizer_union_default")
 
 
 def _tokenizer(words: list[str], template: str | None = None):
@@ -377,6 +408,14 @@ def vocabularies(n: int = 256) -> dict[str, list[str]]:
     b = specials + [f"w{i}" if not 180 <= i < 200 else f"y{i}" for i in range(n - 2)]
     c = specials + [f"w{i}" for i in reversed(range(200))] + [f"x{i}" for i in range(n - 202)]
     return {"A": a, "B": b, "C": c}
+
+
+def union_vocabulary(n: int = 256) -> tuple[list[str], list[tuple[str, bool]]]:
+    """D's words and added tokens (content, special): D shares [UNK], [PAD], w0..w149 with A, has
+    z tokens no other model has, then added tokens: a special one, a plain one, one that is A's
+    word w220 (the union keeps A's id) and one past the vocab size (the union leaves it out)."""
+    words = ["[UNK]", "[PAD]"] + [f"w{i}" for i in range(150)] + [f"z{i}" for i in range(n - 155)]
+    return words, [("<|im_start|>", True), ("<tool>", False), ("w220", False), ("<past>", True)]
 
 
 # Random methods: compared in distribution, not tensor by tensor. One model B on base A, so an
@@ -444,8 +483,10 @@ def compare_distribution(ours: dict[str, dict], theirs: dict[str, dict], density
 
 
 def make_models(root: Path) -> dict[str, Path]:
-    """Three tiny Llamas: A (base) and B, C = A + noise (fine-tune-like), float32, untied, each with
-    its own word-level tokenizer (`vocabularies`; A's has a chat template)."""
+    """Four tiny Llamas: A (base) and B, C, D = A + noise (fine-tune-like), float32, untied, each with
+    its own word-level tokenizer (`vocabularies`, D's `union_vocabulary` with added tokens; A's has
+    a chat template)."""
+    from tokenizers import AddedToken
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
@@ -454,7 +495,7 @@ def make_models(root: Path) -> dict[str, Path]:
     base = LlamaForCausalLM(cfg).eval()
     paths = {"A": root / "A"}
     base.save_pretrained(paths["A"])
-    for i, name in enumerate("BC"):
+    for i, name in enumerate("BCD"):
         g = torch.Generator().manual_seed(i + 1)
         m = LlamaForCausalLM(cfg).eval()
         sd = {k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in base.state_dict().items()}
@@ -463,6 +504,11 @@ def make_models(root: Path) -> dict[str, Path]:
         m.save_pretrained(paths[name])
     for name, words in vocabularies(cfg.vocab_size).items():
         _tokenizer(words, "{% for m in messages %}{{ m['content'] }}{% endfor %}" if name == "A" else None).save_pretrained(paths[name])
+    words, added = union_vocabulary(cfg.vocab_size)
+    tok = _tokenizer(words)
+    for content, special in added:
+        tok.add_tokens([AddedToken(content, special=special, normalized=not special)], special_tokens=special)
+    tok.save_pretrained(paths["D"])
     return paths
 
 
@@ -475,8 +521,11 @@ def load_all(folder: Path) -> dict[str, torch.Tensor]:
 CONFIG_FIELDS = ("num_hidden_layers", "vocab_size", "hidden_size", "tie_word_embeddings")
 
 
-def compare_side_files(ours: Path, theirs: Path, tokenizer: bool) -> list[str]:
-    """config.json fields that matter, and (`tokenizer`) the vocabulary and chat template."""
+def compare_side_files(ours: Path, theirs: Path, tokenizer: bool, union_base: Path | None = None) -> list[str]:
+    """config.json fields that matter, and (`tokenizer`) the vocabulary and chat template. With
+    `union_base` (the base of a union vocabulary) the vocabularies need not number every token
+    alike: the same tokens, the base's tokens at the base's ids, the same added tokens (content
+    and flags), the same written tokenizer files and the same tokens for a text with every token."""
     problems = []
     ca, cb = (json.loads((d / "config.json").read_text()) for d in (ours, theirs))
     for key in CONFIG_FIELDS:
@@ -486,15 +535,53 @@ def compare_side_files(ours: Path, theirs: Path, tokenizer: bool) -> list[str]:
         from transformers import AutoTokenizer
 
         ta, tb = AutoTokenizer.from_pretrained(str(ours)), AutoTokenizer.from_pretrained(str(theirs))
-        if ta.get_vocab() != tb.get_vocab():
+        va, vb = ta.get_vocab(), tb.get_vocab()
+        if union_base is None and va != vb:
             problems.append("tokenizer vocabularies differ")
+        if union_base is not None:
+            base = AutoTokenizer.from_pretrained(str(union_base)).get_vocab()
+            if set(va) != set(vb):
+                problems.append(f"union vocabularies differ: only ours {sorted(set(va) - set(vb))[:5]}, "
+                                f"only mergekit {sorted(set(vb) - set(va))[:5]}")
+            moved = [t for t in base if t in va and not va[t] == vb.get(t) == base[t]]
+            if moved:
+                problems.append(f"base tokens not at the base's ids: {moved[:5]}")
+            added = [{t.content: repr(t) for t in tok.added_tokens_decoder.values()} for tok in (ta, tb)]
+            if added[0] != added[1]:
+                problems.append(f"added tokens differ: {sorted(set(added[0].items()) ^ set(added[1].items()))[:4]}")
+            files = [sorted(f.name for f in d.iterdir() if f.name.startswith(("tokenizer", "special_tokens", "chat_template",
+                                                                               "added_tokens", "vocab.", "merges")))
+                     for d in (ours, theirs)]
+            if files[0] != files[1]:
+                problems.append(f"tokenizer files differ: ours {files[0]}, mergekit {files[1]}")
+            text = " ".join(sorted(va))
+            if ta.tokenize(text) != tb.tokenize(text):
+                problems.append("the union tokenizers split a text with every token differently")
         if ta.chat_template != tb.chat_template:
             problems.append(f"chat templates differ: ours {ta.chat_template!r}, mergekit {tb.chat_template!r}")
     return problems
 
 
-def compare(ours: Path, theirs: Path) -> tuple[float, int, list[str]]:
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def union_rows(ours: Path, theirs: Path) -> torch.Tensor:
+    """For each row of our vocabulary-indexed tensors, the row of mergekit's that holds the same
+    token (padding rows: the same row), to compare union merges token by token."""
+    from transformers import AutoTokenizer
+
+    va, vb = (AutoTokenizer.from_pretrained(str(d)).get_vocab() for d in (ours, theirs))
+    perm = list(range(json.loads((ours / "config.json").read_text())["vocab_size"]))
+    for token, i in va.items():
+        perm[i] = vb.get(token, i)
+    return torch.tensor(perm)
+
+
+def compare(ours: Path, theirs: Path, rows: torch.Tensor | None = None) -> tuple[float, int, list[str]]:
+    """Every tensor within TOLERANCE; `rows` (`union_rows`) reorders mergekit's vocabulary-indexed rows first."""
     a, b = load_all(ours), load_all(theirs)
+    if rows is not None:
+        b = {n: (t[rows] if n in VOCAB_TENSORS and t.shape[0] == len(rows) else t) for n, t in b.items()}
     problems = []
     if set(a) != set(b):
         problems.append(f"tensor names differ: only ours {sorted(set(a) - set(b))[:3]}, only mergekit {sorted(set(b) - set(a))[:3]}")
@@ -554,9 +641,10 @@ def main(argv=None) -> int:
                                                      prune_stats(load_all(theirs), inputs["A"], inputs["B"]), DELLA_DENSITY, DELLA_EPSILON)
             result = {"distribution": summary}
         else:
-            worst, n, problems = compare(ours, theirs)
+            union = key in UNION_RECIPES
+            worst, n, problems = compare(ours, theirs, union_rows(ours, theirs) if union else None)
             result = {"tensors": n, "max_rel_diff": worst}
-            problems += compare_side_files(ours, theirs, tokenizer)
+            problems += compare_side_files(ours, theirs, tokenizer, paths["A"] if union else None)
         status = "OK" if not problems else "DIFF"
         failed += bool(problems)
         print(json.dumps({"recipe": key, "status": status, **result, "mergekit_s": round(t_mk, 2), "lsmerge_s": round(t_ls, 2)}))

@@ -150,7 +150,8 @@ def test_different_architectures_refused(llamas, tmp_path):
         ("merge_method: linear\nmodules:\n  text: {{}}\n", "modules"),
         ("merge_method: passthrough\nmodels:\n  - model: {A}\nchat_template: chatml\n", "chatml"),
         ("merge_method: ties\nbase_model: {A}\nmodels:\n  - model: {B}\n    parameters: {{weight: 1, gamma: 0.1}}\n", "gamma"),
-        ("merge_method: linear\nmodels:\n  - model: {A}\n  - model: {B}\ntokenizer_source: union\nparameters: {{weight: 1}}\n", "tokenizer"),
+        ("merge_method: linear\nmodels:\n  - model: {A}\n  - model: {B}\ntokenizer:\n  tokens: {{x: {{source: {A}}}}}\nparameters: {{weight: 1}}\n",
+         "tokenizer.tokens"),
         ("merge_method: slerp\nbase_model: {A}\nmodels:\n  - model: {A}\n  - model: {B}\n", "'t' is required"),
     ],
 )

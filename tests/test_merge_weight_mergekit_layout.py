@@ -98,8 +98,10 @@ def test_output_config_remaps_per_layer_lists(llamas, tmp_path):
     (_slices([("{A}", (0, 2), None), ("{B}", (0, 3), None)], method="linear"), "different numbers of layers"),
     ("merge_method: linear\nmodels:\n  - model: {A}\n  - model: {B}\ntokenizer_source: {C}\nparameters: {{weight: 1}}\n",
      "not among the recipe's models"),
+    ("merge_method: linear\nmodels:\n  - model: {A}\n  - model: {B}\ntokenizer:\n  tokens:\n    x: {{source: {A}}}\n"
+     "parameters: {{weight: 1}}\n", r"`tokenizer\.tokens` \(per-token embedding sources\) is not supported"),
     ("merge_method: linear\nmodels:\n  - model: {A}\n  - model: {B}\ntokenizer_source: union\nparameters: {{weight: 1}}\n",
-     "'union'"),
+     "tokenizer_source needs the base model's tokenizer"),  # these models have none
     (_slices([("{A}", (2, 1), None)]), "0 <= start < end"),
 ])
 def test_bad_layouts_refused_before_writing(llamas, tmp_path, recipe, message):

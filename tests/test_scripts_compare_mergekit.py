@@ -89,3 +89,16 @@ def test_matches_mergekit_model_stock_karcher_nuslerp_multislerp_nearswap_arcee_
     rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "model_stock", "karcher_base",
                    "nuslerp", "multislerp_three", "nearswap", "arcee_fusion"])
     assert rc == 0
+
+
+def test_matches_mergekit_tokenizer_union(tmp_path):
+    """`tokenizer_source: union` and a `tokenizer:` block without a source (mergekit's default is
+    union, padded): the same tokens and added tokens, the base's ids, config vocab_size, tokenizer
+    files, and every token's embedding and lm_head row within 1e-6 of mergekit's."""
+    mod = _compare_module()
+    mk = mod.find_mergekit()
+    if mk is None:
+        pytest.skip("mergekit not found: set LSMERGE_MERGEKIT to its mergekit-yaml, or put mergekit-yaml on PATH "
+                    "(install: see scripts/compare_mergekit.py)")
+    rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "tokenizer_union", "tokenizer_union_default"])
+    assert rc == 0

@@ -197,7 +197,8 @@ def _merge_mergekit(config: str, out, out_root, dev, dtype, max_shard_size, over
             f"{m}[{a}:{b}]" for m, a, b in _runs(layout.origins)))
     side: dict = {}
     if vocab is not None or recipe.chat_template is not None:
-        side.update(tokenizer_side_files(vocab.source if vocab else ref.path, recipe.chat_template, [paths[m] for m in names]))
+        side.update(tokenizer_side_files(vocab.source if vocab else ref.path, recipe.chat_template, [paths[m] for m in names],
+                                         vocab.built if vocab else None))
     cfg = output_config(ref, layout, stores, vocab, dtype or recipe.output_dtype, recipe.form)
     if cfg is not None:
         side["config.json"] = cfg

@@ -17,13 +17,14 @@ Honoured exactly (the same per-tensor values as mergekit resolves them):
   `int8_mask` changes only an internal mask's dtype and is accepted everywhere.
 - `dtype` (inputs are rounded to it as they are read, as mergekit loads them; arithmetic is
   float32 here) and `out_dtype` (output dtype, default `dtype`).
-- `tokenizer_source` / `tokenizer.source`: `base` or one of the recipe's models (embedding and
-  lm_head rows remapped to that tokenizer's vocabulary as mergekit does), `tokenizer.pad_to_multiple_of`;
-  `chat_template` (`auto` or a Jinja template).
+- `tokenizer_source` / `tokenizer.source`: `base`, `union` (mergekit's default for a `tokenizer:`
+  block without a source: every model's tokens, `mergekit_union`) or one of the recipe's models
+  (embedding and lm_head rows remapped to that tokenizer's vocabulary as mergekit does),
+  `tokenizer.pad_to_multiple_of`; `chat_template` (`auto` or a Jinja template).
 
 Refused, with its name: other methods, `modules:`, per-slice `base_model`, `residual_weight`,
-`tokenizer_source: union`, `tokenizer.tokens`, mergekit's built-in chat template names, LoRA or
-hub model references, parameters a method does not take.
+`tokenizer.tokens`, mergekit's built-in chat template names, LoRA or hub model references,
+parameters a method does not take.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class MergekitRecipe:
     dtype: str | None
     out_dtype: str | None
     raw: dict
-    tokenizer_source: str | None = None  # None (copy the reference's files), "base" or a model reference
+    tokenizer_source: str | None = None  # None (copy the reference's files), "base", "union" or a model reference
     pad_to_multiple_of: int | None = None
     chat_template: str | None = None
 
@@ -168,10 +169,7 @@ def _tokenizer(raw: dict, base: str | None) -> tuple[str | None, int | None]:
         ts, pad = tok.get("source", "union"), tok.get("pad_to_multiple_of")
         if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 1):
             raise _refuse(f"tokenizer.pad_to_multiple_of {pad!r} is not a positive integer.")
-    if ts == "union":
-        raise _refuse("tokenizer source 'union' (a vocabulary built from every model's tokenizer) is not supported; "
-                      "use `base` or one of the models.")
-    if ts is not None and ts != "base":
+    if ts is not None and ts not in ("base", "union"):
         ts = _model_ref(ts, "tokenizer_source")
     return ts, pad
 
@@ -256,7 +254,7 @@ def read_mergekit_config(path: str | Path) -> MergekitRecipe:
     ts, pad = _tokenizer(raw, base)
     recipe = MergekitRecipe(method, base, form, slices, _params(raw.get("parameters"), "parameters", method),
                             raw.get("dtype"), raw.get("out_dtype"), raw, ts, pad, _chat_template(raw.get("chat_template")))
-    if ts not in (None, "base") and ts not in recipe.referenced_models():
+    if ts not in (None, "base", "union") and ts not in recipe.referenced_models():
         raise LsMergeError(f"mergekit config: tokenizer source {ts!r} is not among the recipe's models "
                            f"{recipe.referenced_models()}; name one of them, or `base`.")
     meth = METHODS[method]

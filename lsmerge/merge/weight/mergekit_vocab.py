@@ -1,11 +1,12 @@
-"""A mergekit recipe's tokenizer: `tokenizer_source` (base or one of the models) and `chat_template`.
+"""A mergekit recipe's tokenizer: `tokenizer_source` (base, union or one of the models) and `chat_template`.
 
 With a tokenizer source, mergekit 0.1.5 gives the output that tokenizer and remaps the rows of
 every vocabulary-indexed tensor (embeddings, lm_head) of every input to its vocabulary before
 the merge (`PermutedVocabulary`); `VocabRemap` does the same, row for row:
 
     out vocabulary V: the source's token -> id (for `base`: the base's tokens with id < its
-        config's vocab_size); rows R = |V| rounded up to `pad_to_multiple_of`
+        config's vocab_size; for `union`: the tokenizer `mergekit_union` builds from every
+        model's); rows R = |V| rounded up to `pad_to_multiple_of`
     p_m[v] = model m's id of token v, or -1 where m lacks it
     row v of model m's remapped tensor = x_m[p_m[v]] where p_m[v] >= 0, else a default:
         the one model that has the token: its row; no model has it: zeros; the base has it: the
@@ -13,8 +14,8 @@ the merge (`PermutedVocabulary`); `VocabRemap` does the same, row for row:
         slice's source order, then divided)
     rows |V|..R-1 = the mean of rows 0..|V|-1 of that model's remapped tensor
 
-The output's config says vocab_size = R; the tokenizer files are the source's. `union` (a new
-vocabulary built from every tokenizer) is refused in `mergekit_config`.
+The output's config says vocab_size = R; the tokenizer files are the source's (for `union`: the
+built tokenizer as transformers' `save_pretrained` writes it, as mergekit writes it).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.store import CheckpointStore
+from lsmerge.merge.weight.mergekit_union import load_tokenizer_at, saved_files, union_tokenizer
 
 #: the side files that make up a tokenizer (copied together from one model)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "vocab.json",
@@ -39,18 +41,6 @@ def config_vocab_size(config: dict) -> int | None:
     return int(v) if isinstance(v, int) else None
 
 
-def _load_vocab(path: Path) -> dict[str, int] | None:
-    """token -> id of the tokenizer in `path` (None when it has none), loaded as mergekit does."""
-    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        return None
-    from transformers import AutoTokenizer
-
-    try:
-        return dict(AutoTokenizer.from_pretrained(str(path)).get_vocab())
-    except (OSError, ValueError) as e:
-        raise LsMergeError(f"the tokenizer of {path} does not load ({e}). Fix its files or choose another tokenizer_source.") from None
-
-
 @dataclass
 class Vocabulary:
     """The output vocabulary and each model's permutation into it."""
@@ -60,6 +50,7 @@ class Vocabulary:
     perms: dict[str, torch.Tensor]  # model -> (|V|,) long, -1 where the model lacks the token
     source: Path  # folder whose tokenizer files the output gets
     base: str | None
+    built: Any = None  # the output's tokenizer when built here (union; transformers), not copied
 
     def is_identity(self, model: str, rows: int) -> bool:
         p = self.perms[model]
@@ -68,25 +59,31 @@ class Vocabulary:
 
 def build_vocabulary(source: str, pad_to: int | None, base: str | None, models: list[str], paths: dict[str, Path],
                      stores: dict[str, CheckpointStore]) -> Vocabulary:
-    """The output vocabulary of `tokenizer_source` `source` ('base' or a model of `models`)."""
+    """The output vocabulary of `tokenizer_source` `source` ('base', 'union' or a model of `models`)."""
     base_name = base or models[0]
     sizes = {m: config_vocab_size(stores[m].config) for m in models}
-    base_vocab = _load_vocab(paths[base_name])
-    if base_vocab is None:
+    toks = {m: load_tokenizer_at(paths[m], fast=m == base_name) for m in models}
+    if toks[base_name] is None:
         raise LsMergeError(f"tokenizer_source needs the base model's tokenizer, but {paths[base_name]} has none. "
                            "Add its tokenizer files.")
+    base_vocab = dict(toks[base_name].get_vocab())
     limit = sizes[base_name] or len(base_vocab)
     vocabs = {base_name: {t: i for t, i in base_vocab.items() if i < limit}}
     for m in models:
-        if m not in vocabs:
-            vocabs[m] = _load_vocab(paths[m]) or vocabs[base_name]  # as mergekit: assumed the base's
-    if source == "base":
+        if m not in vocabs:  # as mergekit: a model without a tokenizer is assumed to have the base's
+            vocabs[m] = dict(toks[m].get_vocab()) if toks[m] is not None else vocabs[base_name]
+    built = None
+    if source in ("base", "union"):
         if len(vocabs[base_name]) != len(base_vocab):
             raise LsMergeError(f"the base tokenizer of {paths[base_name]} has tokens past its vocab_size {limit}; "
-                               "tokenizer_source base would rebuild it without them, which lsmerge does not do.")
+                               f"tokenizer_source {source} would rebuild it without them, which lsmerge does not do.")
         out, folder = vocabs[base_name], paths[base_name]
+        if source == "union":
+            others = [(toks[m], sizes[m]) for m in models if m != base_name and toks[m] is not None]
+            built = union_tokenizer([(toks[base_name], sizes[base_name]), *others])
+            out = dict(built.get_vocab())
     else:
-        out, folder = _load_vocab(paths[source]), paths[source]
+        out, folder = (dict(toks[source].get_vocab()) if toks[source] is not None else None), paths[source]
         if out is None:
             raise LsMergeError(f"tokenizer_source {source!r} has no tokenizer files in {paths[source]}.")
     ids = sorted(out.values())
@@ -105,7 +102,7 @@ def build_vocabulary(source: str, pad_to: int | None, base: str | None, models: 
     rows = len(out)
     if pad_to and rows % pad_to:
         rows += pad_to - rows % pad_to
-    return Vocabulary(len(out), rows, perms, folder, base)
+    return Vocabulary(len(out), rows, perms, folder, base, built)
 
 
 @dataclass
@@ -188,13 +185,18 @@ def _template_of(path: Path) -> str | None:
     return None
 
 
-def tokenizer_side_files(folder: Path, chat_template: str | None, models: list[Path]) -> dict[str, Any]:
-    """CheckpointWriter side_files giving the output the tokenizer of `folder` with `chat_template`
-    ('auto': the most common template of `models`, the first on a tie; None: unchanged)."""
-    files: dict[str, Any] = {f: (folder / f if (folder / f).exists() else None) for f in TOKENIZER_FILES}
+def tokenizer_side_files(folder: Path, chat_template: str | None, models: list[Path], built: Any = None) -> dict[str, Any]:
+    """CheckpointWriter side_files giving the output the tokenizer of `folder` (or the tokenizer
+    `built` here, saved by transformers as mergekit saves it) with `chat_template` ('auto': the
+    most common template of `models`, the first on a tie; None: unchanged)."""
     if chat_template == "auto":
         found = [t.strip() for t in (_template_of(p) for p in models) if t]
         chat_template = max(found, key=found.count) if found else None
+    if built is not None:
+        if chat_template is not None:
+            built.chat_template = chat_template
+        return {f: None for f in TOKENIZER_FILES} | saved_files(built)
+    files: dict[str, Any] = {f: (folder / f if (folder / f).exists() else None) for f in TOKENIZER_FILES}
     if chat_template is None:
         return files
     cfg_path = folder / "tokenizer_config.json"

@@ -14,8 +14,9 @@ the tensor's device (as `knots.joint_basis`): for x (m, n), m <= n,
 which gives the SVD's U, s, V (up to signs and rotations inside repeated singular values, which
 leave every product used here unchanged) at about 40 % of the CPU time of a float32 LAPACK SVD
 of a 576 x 1536 matrix (0.08 s against 0.21 s, one thread), and the polar factor of a
-concatenation of singular vectors from its k x k Gram matrix. Squaring in float64 resolves singular values down to ~1e-8 s_max, below the
-cut `null_tolerance` (>= s_max * eps(float32)); float32 checkpoints carry no more precision.
+concatenation of singular vectors from its k x k Gram matrix. Squaring in float64 resolves
+singular values down to ~1e-8 s_max, below the cut `null_tolerance` (>= s_max * eps(float32));
+float32 checkpoints carry no more precision.
 
 Numerically-zero singular components (s <= `null_tolerance`) are left out everywhere. Their
 singular vectors are not a function of the matrix (any orthonormal basis of the null space is an

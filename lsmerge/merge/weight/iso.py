@@ -27,7 +27,14 @@ Reference implementation: github.com/danielm1405/iso-merging, `src/utils/iso.py`
 validation data from linspace(0, 3, 31)[1:], so the paper has no single value; the default
 here is 1.0 (set it in the recipe). Differences: t is capped at N floor(k / N) (the reference's
 rounding can exceed k for tiny matrices); the polar factor leaves out numerically-zero
-components (identical tasks give a well-defined result).
+components (identical tasks give a well-defined result); every SVD keeps only its
+numerically-nonzero components (`spectral.truncated_svd`; a residual R_i counts as zero at the
+size of dW_i, so the rounding residue of a task inside the common subspace adds nothing), and
+mean(s) still averages over all k (c or N r + c) slots, the left-out ones as 0. So a task
+matrix of rank below k (a LoRA's) gives a flat spectrum on its numerical range instead of the
+reference's U V^T over the whole k, whose null-space part is LAPACK's arbitrary choice of
+singular vectors (see `spectral`). Computed in float64 through Gram eigendecompositions
+(`spectral`), returned in the deltas' dtype.
 """
 
 from __future__ import annotations
@@ -37,15 +44,17 @@ from typing import Sequence
 import torch
 
 from lsmerge.merge.weight.base import MergeMethod, Param, TensorContext, density_range, finite, register, release_inputs
-from lsmerge.merge.weight.spectral import all_zero, is_task_matrix, polar_factor, thin_svd
+from lsmerge.merge.weight.spectral import all_zero, is_task_matrix, polar_factor, truncated_svd
 from lsmerge.merge.weight.task_arithmetic import task_vectors
 from lsmerge.merge.weight.tsv import mean_task_vector
 
 
 def iso_c_delta(deltas: torch.Tensor) -> torch.Tensor:
-    """mean(s) U V^T of M = sum_i deltas_i (N, m, n). Returns (m, n)."""
-    u, s, vh = thin_svd(deltas.sum(dim=0), deltas.dtype)
-    return (u * s.mean()) @ vh
+    """mean(s) U V^T of M = sum_i deltas_i (N, m, n), over M's numerically-nonzero components
+    (mean(s) over all min(m, n), the others 0). Returns (m, n) in deltas' dtype."""
+    k = min(deltas.shape[1:])
+    u, s, vh = truncated_svd(deltas.sum(dim=0), k)
+    return ((u * (s.sum() / k)) @ vh).to(deltas.dtype)
 
 
 def subspace_sizes(k: int, n_tasks: int, common_fraction: float) -> tuple[int, int]:
@@ -58,23 +67,23 @@ def subspace_sizes(k: int, n_tasks: int, common_fraction: float) -> tuple[int, i
 def iso_cts_delta(deltas: torch.Tensor, common_fraction: float = 0.8) -> torch.Tensor:
     """mean(s) U_perp V_perp^T of Iso-CTS (module docstring) from deltas (N, m, n). Returns (m, n)."""
     n_tasks, m, n = deltas.shape
-    c, r = subspace_sizes(min(m, n), n_tasks, common_fraction)
-    u, s, vh = thin_svd(deltas.sum(dim=0), deltas.dtype)
-    u_c, s_c, vh_c = u[:, :c], s[:c], vh[:c]
-    del u, s, vh
+    k = min(m, n)
+    c, r = subspace_sizes(k, n_tasks, common_fraction)
+    u_c, s_c, vh_c = truncated_svd(deltas.sum(dim=0), c)
     us, ss, vhs = [], [], []
     if r > 0:
         for d in deltas:
+            d = d.to(torch.float64)
             residual = d - u_c @ (u_c.T @ d)
-            u_i, s_i, vh_i = thin_svd(residual, deltas.dtype)
-            us.append(u_i[:, :r])
-            ss.append(s_i[:r])
-            vhs.append(vh_i[:r])
+            u_i, s_i, vh_i = truncated_svd(residual, r, scale=float(torch.linalg.vector_norm(d)))
+            us.append(u_i)
+            ss.append(s_i)
+            vhs.append(vh_i)
     u_all = torch.cat([*us, u_c], dim=1)
     vh_all = torch.cat([*vhs, vh_c], dim=0)
-    level = torch.cat([*ss, s_c]).mean()
+    level = torch.cat([*ss, s_c]).sum() / k  # the mean over the k slots, left-out components 0
     del us, vhs, ss
-    return (polar_factor(u_all) * level) @ polar_factor(vh_all)
+    return ((polar_factor(u_all) * level) @ polar_factor(vh_all)).to(deltas.dtype)
 
 
 def iso_c(base: torch.Tensor, tensors: Sequence[torch.Tensor], alpha: float = 1.0, matrix: bool | None = None) -> torch.Tensor:

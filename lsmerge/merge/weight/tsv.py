@@ -19,8 +19,12 @@ the reference code's fallback for non-matrix parameters.
 Reference implementation: github.com/AntoAndGar/task_singular_vectors,
 `compute_and_sum_svd_mem_reduction` (sv_reduction = 1/N, alpha 1.0 for TSV-M). Differences:
 the blocks are concatenated without zero padding (the padding only adds columns whose singular
-value is zero); the polar factor leaves out numerically-zero components (`spectral.polar_factor`),
-which changes nothing for distinct tasks and makes identical tasks well defined; r >= 1.
+value is zero); each task keeps only its numerically-nonzero components among its top r
+(`spectral.truncated_svd`: a task matrix of rank 16, as a LoRA's, contributes 16, not r,
+columns; the others' singular vectors are LAPACK's arbitrary choice, see `spectral`); the polar
+factor leaves out numerically-zero components (`spectral.polar_factor`), which changes nothing
+for distinct tasks and makes identical tasks well defined; r >= 1. Computed in float64 through
+Gram eigendecompositions (`spectral`), returned in the deltas' dtype.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Sequence
 import torch
 
 from lsmerge.merge.weight.base import MergeMethod, Param, TensorContext, density_range, finite, register, release_inputs
-from lsmerge.merge.weight.spectral import all_zero, is_task_matrix, polar_factor, thin_svd
+from lsmerge.merge.weight.spectral import all_zero, is_task_matrix, polar_factor, truncated_svd
 from lsmerge.merge.weight.task_arithmetic import task_vectors
 
 
@@ -58,15 +62,10 @@ def tsv_delta(deltas: torch.Tensor, rank_fraction: float | None = None) -> torch
     n_tasks, m, n = deltas.shape
     fraction = 1.0 / n_tasks if rank_fraction is None else float(rank_fraction)
     r = min(kept_rank(min(m, n), fraction), min(m, n))
-    us, ss, vhs = [], [], []
-    for d in deltas:
-        u, s, vh = thin_svd(d, deltas.dtype)
-        us.append(u[:, :r])
-        ss.append(s[:r])
-        vhs.append(vh[:r])
+    us, ss, vhs = zip(*(truncated_svd(d, r) for d in deltas))
     u_cat, s_cat, vh_cat = torch.cat(us, dim=1), torch.cat(ss), torch.cat(vhs, dim=0)
     del us, ss, vhs
-    return (polar_factor(u_cat) * s_cat) @ polar_factor(vh_cat)
+    return ((polar_factor(u_cat) * s_cat) @ polar_factor(vh_cat)).to(deltas.dtype)
 
 
 def tsv(

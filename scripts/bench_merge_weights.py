@@ -21,7 +21,8 @@ expert-shakespeare, and are skipped when those are missing; della's outputs diff
 by design, random masks):
   smollm2-135m-wbench   SmolLM2-135M-Instruct + Gaussian noise of 1 % of each tensor's std on
                         every floating tensor (so the embedding has a real task vector too)
-  smollm2-width-{4,32}l[-b]  random models of SmolLM2's width (float32)
+  smollm2-depth-{4,32}l[-b,-c]  random models of SmolLM2's width (float32), each tensor seeded by its
+                        name: the 4-layer model is a prefix of the 32-layer one
 
     .venv/bin/python scripts/bench_merge_weights.py [--repeats 3] [--methods linear slerp ties]
         [--mergekit-bin PATH/TO/mergekit-yaml] [--skip-scaling] [--skip-mergekit] [--skip-pair] [--floor]
@@ -44,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -224,7 +226,6 @@ def make_perturbed(dst: Path, rel_noise: float = 0.01, seed: int = 0) -> Path:
     from lsmerge.io.store import open_checkpoint
 
     store = open_checkpoint(BASE)
-    gen = torch.Generator().manual_seed(seed)
     out = {}
     for name in store.names:
         t = store.get(name).float()
@@ -241,13 +242,15 @@ def make_perturbed(dst: Path, rel_noise: float = 0.01, seed: int = 0) -> Path:
 
 
 def make_width_model(dst: Path, layers: int, seed: int) -> Path:
-    """Random float32 Llama of SmolLM2-135M's shapes with `layers` decoder layers."""
+    """Random float32 Llama of SmolLM2-135M's shapes with `layers` decoder layers. Every tensor is
+    drawn from its own generator, seeded by (`seed`, tensor name), so the 4-layer model is the
+    first 4 layers (and the embedding, norm) of the 32-layer one: the two differ in depth only,
+    and data-dependent paths (e.g. a tie at a TIES / SCE cut) go the same way in both."""
     if (dst / "model.safetensors").exists():
         return dst
     from lsmerge.io.store import open_checkpoint
 
     store = open_checkpoint(BASE)
-    gen = torch.Generator().manual_seed(seed)
     out = {}
     for name in store.names:
         if ".layers." in name and not name.startswith("model.layers.0."):
@@ -255,6 +258,7 @@ def make_width_model(dst: Path, layers: int, seed: int) -> Path:
         shape = tuple(store.shape(name))
         names = [name.replace("layers.0.", f"layers.{i}.") for i in range(layers)] if name.startswith("model.layers.0.") else [name]
         for n in names:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(n.encode()))
             out[n] = (1.0 + 0.02 * torch.randn(shape, generator=gen)) if len(shape) == 1 else 0.02 * torch.randn(shape, generator=gen)
     cfg = json.loads((BASE / "config.json").read_text())
     cfg["num_hidden_layers"] = layers
@@ -400,9 +404,9 @@ def main() -> int:
             print("\nScaling (lsmerge only, random models of SmolLM2's width):")
             peaks = {}
             for layers in (4, 32):
-                a = make_width_model(BENCH / f"smollm2-width-{layers}l", layers, seed=layers)
-                bb = make_width_model(BENCH / f"smollm2-width-{layers}l-b", layers, seed=1000 + layers)
-                cc = make_width_model(BENCH / f"smollm2-width-{layers}l-c", layers, seed=2000 + layers) if two else None
+                a = make_width_model(BENCH / f"smollm2-depth-{layers}l", layers, seed=1)
+                bb = make_width_model(BENCH / f"smollm2-depth-{layers}l-b", layers, seed=2)
+                cc = make_width_model(BENCH / f"smollm2-depth-{layers}l-c", layers, seed=3) if two else None
                 peaks[layers] = bench_pair(a, bb, args.methods, ["lsmerge"], args.scaling_repeats, args.mergekit_bin, work, cc)
             print("\n| method | 4 layers wall | 32 layers wall | 4 layers VmRSS / RssAnon | 32 layers VmRSS / RssAnon | VmRSS change | goal (< 10 %) |")
             print("| --- | --- | --- | --- | --- | --- | --- |")

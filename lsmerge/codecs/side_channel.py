@@ -8,9 +8,17 @@ For each tensor W (numel N) the k = ceil(q N) entries of largest saliency are st
     S    = top-k indices of s;  W^ = decode(z);  W^[S] = W[S]
 
 q is the side-channel fraction, in (0, 0.5] (past one half a dense copy is cheaper). Only the
-entries are exact: decode(encode(W)) differs from W only outside S. A merge of latents drops the
-side channel (`TensorLatent.with_z`): the exact values belong to the encoded tensor, not to a
-combination, so the channel serves reconstruction (`lsmerge export --side_channel q`).
+entries are exact: decode(encode(W)) differs from W only outside S. A merged latent carries no
+side channel (`TensorLatent.with_z`: the exact values belong to an encoded tensor, not to a
+combination); a merge that is linear in its inputs, z = sum_i c_i z_i (LERP, soup, self-merge,
+task arithmetic with the base as one more input), carries each input's exact correction with
+the method's own coefficients (`merge_side_channels`, `SideChannelCodec.decode_merged`;
+`lsmerge merge --side_channel q`, decode route, no delta coding):
+
+    W_merged = D(z_merged) + sum_i c_i R_i,     R_i = (W_i - D(z_i)) on S_i, 0 elsewhere
+
+so a one-hot merge (LERP at lam = 0, a single-model self-merge) is that input's side-channel
+reconstruction bit for bit. Reconstruction alone: `lsmerge export --side_channel q`.
 
 Stated size (`compression`), per tensor, counting the side channel (an index is one stored number):
 
@@ -27,6 +35,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from typing import Sequence
 
 from lsmerge.codecs.base import Codec, TensorLatent, describe_codec
 from lsmerge.data.importance import ImportanceStats, saliency
@@ -107,6 +117,18 @@ class SideChannelCodec:
             out.view(-1)[idx] = values.to(out.dtype)
         return out
 
+    def decode_merged(self, name: str, merged: TensorLatent, inputs: Sequence[TensorLatent],
+                      coeffs: Sequence[float]) -> torch.Tensor:
+        """D(z_merged) + sum_i c_i R_i (`merge_side_channels`) for a linear merge z_merged = sum_i c_i z_i of
+        the encoded `inputs` (each with its side channel); inputs with c_i = 0 are not decoded."""
+        if len(inputs) != len(coeffs):
+            raise ValueError(f"{len(inputs)} inputs for {len(coeffs)} coefficients")
+        used = [(lt, float(c)) for lt, c in zip(inputs, coeffs) if c != 0]
+        if any(lt.side is None for lt, _ in used):
+            raise ValueError(f"an input latent of {name} has no side channel (encode it with this codec)")
+        return merge_side_channels(self.codec.decode(name, merged), [self.codec.decode(name, lt) for lt, _ in used],
+                                   [lt.side for lt, _ in used], [c for _, c in used])
+
     def sample(self, name: str, weight: torch.Tensor, n: int, temperature: float = 1.0, generator=None):
         """The wrapped codec's posterior samples (a combination of them has no exact side channel)."""
         return self.codec.sample(name, weight, n, temperature, generator=generator)
@@ -132,3 +154,31 @@ def compression(numel: int, latent_values: int, k: int, latent_dtype: torch.dtyp
         "latent_values": latent_values,
         "side_entries": k,
     }
+
+
+def merge_side_channels(merged: torch.Tensor, decoded: Sequence[torch.Tensor],
+                        sides: Sequence[tuple[torch.Tensor, torch.Tensor]], coeffs: Sequence[float]) -> torch.Tensor:
+    """The side channels of a linear latent merge z_merged = sum_i c_i z_i carried into the weights:
+
+        W_merged = D(z_merged) + sum_i c_i R_i,     R_i = (W_i - D(z_i)) restricted to S_i (zero elsewhere)
+
+    Args:
+        merged: D(z_merged), the plain decoding of the merged code (any shape).
+        decoded: D(z_i), the plain decoding of each input's code (merged's shape).
+        sides: (S_i (k_i,) int64 flat indices, W_i[S_i] (k_i,) exact values) of each input.
+        coeffs: the method's coefficient c_i of each input (`LatentMethod.linear_coefficients`).
+    Returns: W_merged in merged's dtype. Summed in float64 as (D(z_merged) - sum_i c_i D(z_i)|S_i)
+    + sum_i c_i W_i|S_i (the same sum, grouped so that a one-hot merge, D(z_merged) = D(z_j) and
+    c = e_j, gives W_j exactly on S_j and D(z_j) elsewhere: input j's side-channel reconstruction).
+    """
+    if not len(decoded) == len(sides) == len(coeffs):
+        raise ValueError(f"{len(decoded)} decodings, {len(sides)} side channels, {len(coeffs)} coefficients")
+    flat = merged.detach().reshape(-1).to(torch.float64)
+    decoded_part = torch.zeros_like(flat)
+    exact_part = torch.zeros_like(flat)
+    for d, (idx, values), c in zip(decoded, sides, coeffs):
+        if d.shape != merged.shape:
+            raise ValueError(f"decoded input of shape {tuple(d.shape)} for a merge of shape {tuple(merged.shape)}")
+        decoded_part.index_add_(0, idx, float(c) * d.detach().reshape(-1)[idx].to(torch.float64))
+        exact_part.index_add_(0, idx, float(c) * values.to(torch.float64))
+    return ((flat - decoded_part) + exact_part).to(merged.dtype).reshape(merged.shape)

@@ -75,6 +75,7 @@ class LatentMethod:
     implied_weights: Callable[[MergeParams, int], list[float]] | None = None
     label: Callable[[MergeParams], str] | None = None
     architectures: Literal["one", "two"] = "one"
+    linear: Callable[[MergeParams, int], list[float]] | None = None
 
     def model_count_problem(self, n: int) -> str | None:
         """Why `n` input models do not fit this method, or None."""
@@ -88,6 +89,13 @@ class LatentMethod:
         if self.implied_weights is not None:
             return self.implied_weights(p, n)
         return [1.0 / n] * n
+
+    def linear_coefficients(self, p: MergeParams, n: int) -> list[float] | None:
+        """The coefficients c of a merge LINEAR in its inputs, z = sum_i c_i z_i over the `n` input
+        models, then the base when the method takes one (`needs_base`): n or n + 1 numbers. None for
+        a method that is not linear (TIES, DARE, OT): what the side channel's corrections need
+        (`lsmerge.codecs.side_channel.merge_side_channels`)."""
+        return None if self.linear is None else [float(c) for c in self.linear(p, n)]
 
     def output_label(self, p: MergeParams) -> str:
         """The part of an auto-named output folder that shows the parameters."""
@@ -114,7 +122,9 @@ def register(name: str, *, models: Literal["1", "2", "N"], **traits) -> Callable
             draw: ``draw(codec, name, weight, p) -> [TensorLatent]`` makes the inputs from one
             model (self-merge's posterior samples); implied_weights: per-model weights a
             weight-space fallback method gets when none are given; label: auto-name label;
-            architectures: "two" for merges across architectures (hetero).
+            architectures: "two" for merges across architectures (hetero);
+            linear: ``linear(p, n) -> [c_1, .., c_n(, c_base)]`` when the formula is exactly
+            z = sum_i c_i z_i (+ c_base z_b) (`LatentMethod.linear_coefficients`); None otherwise.
     """
 
     def add(formula: Formula) -> Formula:

@@ -10,6 +10,8 @@ Methods across architectures (`hetero`) run as `hetero.HeteroJob`.
 Codecs: `pca` fits a PCA codec (lsmerge.codecs.pca) on the inputs' selected tensors; `task_vector`
 fits the joint-SVD task-vector codec (lsmerge.codecs.task_vector) on the base and the models; a path
 is a saved PCA or task-vector codec or a trained weight-VAE checkpoint (`lsmerge.codecs.load.load_codec`).
+`side_channel` q wraps a PCA or VAE codec in the exact sparse side channel
+(`lsmerge.codecs.side_channel`) for methods linear in their inputs, without delta coding.
 This module checks the arguments against the method's registered traits; it holds no
 per-method branches.
 """
@@ -23,6 +25,7 @@ from typing import Literal, get_args
 from tqdm.auto import tqdm
 
 from lsmerge.codecs.pca import BASIS_PER, BasisPer
+from lsmerge.codecs.side_channel import check_fraction
 from lsmerge.data.chunking import Layout
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import expand_kinds
@@ -57,6 +60,30 @@ def _check_delta(m: LatentMethod, delta: str, has_base: bool) -> None:
             raise LsMergeError("self-merge has no expert-minus-base difference; use delta: latent (W + D(z_merged) - D(z)) or none.")
     elif not has_base:
         raise LsMergeError(f"delta: {delta} needs a base model: set base.")
+
+
+def _check_side_channel(m: LatentMethod, delta: str, codecs: list[str], side_channel: float, importance: str | None) -> None:
+    """The side channel needs a method linear in its inputs, no delta coding, a PCA or VAE codec;
+    --importance needs something that reads it."""
+    if side_channel:
+        check_fraction(side_channel)
+        if m.linear is None:
+            raise LsMergeError(f"method {m.name} is not linear in its inputs, so the side channel's exact corrections have no "
+                               "coefficients to be combined with; use lerp, soup, self or task_arithmetic with --side_channel, "
+                               "or drop --side_channel.")
+        if delta != "none":
+            raise LsMergeError(f"delta: {delta} already cancels the codec's error on the base (the output is W_base plus a "
+                               "decoded difference), so the side channel has nothing to correct; use delta: none with "
+                               "--side_channel, or drop --side_channel.")
+        if TASK_VECTOR in codecs:
+            raise LsMergeError("the side channel wraps a PCA or VAE codec; the task-vector codec codes W - W_base itself "
+                               "(like delta coding). Use codec: pca or a VAE with --side_channel, or drop --side_channel.")
+    elif importance and codecs[0] in ("pca", TASK_VECTOR):
+        raise LsMergeError(f"--importance is read by the side channel (--side_channel q) or by a saved codec fitted with "
+                           f"importance weighting; with codec: {codecs[0]} and no side channel it would be unused. Pass "
+                           "--side_channel or drop --importance.")
+    if importance and m.architectures == "two":
+        raise LsMergeError(f"{m.name} does not read --importance; drop it.")
 
 
 def _check_values(m: LatentMethod, n: int, lam: float, lam_schedule, weights, density, samples, temperature) -> list | None:
@@ -119,6 +146,8 @@ def merge(
     layer_pattern: str | None = None,
     allow_partial_codec: bool = False,
     device: str = "cpu",
+    side_channel: float = 0.0,
+    importance: str | None = None,
 ) -> str:
     """LS-Merge: combine models in a codec's latent space (VAE or PCA), across architectures with OT.
 
@@ -186,6 +215,13 @@ def merge(
             on [mlp] with kinds [mlp, attn]; the uncovered ones go to fallback_method. Without it
             that is an error naming how many are not covered.
         device: task_vector codec: where its SVDs and basis products run, cpu | cuda | auto.
+        side_channel: keep this fraction (in (0, 0.5], e.g. 0.01) of each input tensor's most salient
+            entries (w^2 h_j) exact beside its code (`lsmerge.codecs.side_channel`) and carry them into
+            the merge with the method's coefficients: W = D(z_merged) + sum_i c_i R_i, R_i = W_i -
+            D(z_i) on the kept entries. PCA or VAE codec; lerp, soup, self (c = 1 - lam) and
+            task_arithmetic (the base too) only; delta: none. 0 = off.
+        importance: statistics of `lsmerge importance` for the side channel's saliency, or of a saved
+            codec fitted with importance weighting (default: the file beside it).
     Returns: the output folder.
     """
     given = dict(locals())
@@ -220,6 +256,7 @@ def merge(
     if base_path is not None and base_path in model_paths:
         raise LsMergeError(f"base {base_path} is also listed in models; its task vector would be zero. Remove it from models.")
     _check_delta(m, delta, base_path is not None)
+    _check_side_channel(m, delta, codecs, side_channel, importance)
     if lam is None:
         lam = m.default_lam
     weights = _check_values(m, n, lam, lam_schedule, weights, density, samples, temperature)
@@ -255,7 +292,8 @@ def merge(
     return_freed_tensors_to_the_os()
     cs = CodecSettings(kind_set=kind_set, kinds=kinds, chunk_size=chunk_size, rank=rank, pca_basis=pca_basis,
                        layout=layout, save_codec=save_codec, progress=progress, layer_pattern=layer_pattern,
-                       allow_partial_codec=allow_partial_codec, rank_fraction=rank_fraction, device=dev)
+                       allow_partial_codec=allow_partial_codec, rank_fraction=rank_fraction, device=dev,
+                       side_channel=side_channel, importance=importance)
     if m.architectures == "two":
         job = HeteroJob(m, model_stores[0], model_stores[1], codecs, params, lam_schedule, dim_match, delta, cs)
     else:
@@ -267,8 +305,12 @@ def merge(
     given = {k: v for k, v in given.items() if k not in OUTPUT_ONLY}
     provenance = {"command": "merge", **given, "lam": lam, "kinds": kinds, "weights": weights,
                   "codecs": job.codec_descriptions(), "inputs": [str(p) for p in stores]}
+    if importance:  # as export records it: what the statistics are, not where they lay
+        stats = getattr(getattr(job, "codec", None), "importance", None)
+        provenance["importance"] = stats.describe() if stats is not None else None
     hint = ("Lower lam / weights" if m.needs_base or m.weights else "Check the codec") + " or check the inputs (lsmerge inspect)."
     codec_files = [Path(c).expanduser() for c in codecs if c not in ("pca", TASK_VECTOR)]
+    codec_files += [Path(importance).expanduser()] if importance else []
     with CheckpointWriter(out_path, source=ref.path, inputs=[*stores, *codec_files], max_shard_size=max_shard_size,
                           overwrite=overwrite, config=provenance, dtype=out_dtype, nonfinite_hint=hint) as writer:
         for name in tqdm(ref.names, desc=f"merge ({method})", unit="tensor", disable=not progress):

@@ -2,7 +2,9 @@
 
 Tensors the codec covers go through it (with delta coding when asked); the others are merged
 in weight space by the fallback: the method's own formula on plain tensors (`auto`), a copy,
-or a weight-space method of `lsmerge merge-weights`.
+or a weight-space method of `lsmerge merge-weights`. With a side channel (`side_channel` q > 0,
+a linear method, no delta coding) each input's exact correction is added with the method's
+coefficients: W = D(z_merged) + sum_i c_i R_i (`lsmerge.codecs.side_channel.merge_side_channels`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 import lsmerge.merge.weight as wm
 from lsmerge.codecs.base import SamplingCodec, describe_codec
 from lsmerge.codecs.load import check_codec, fit_pca, load_codec
+from lsmerge.codecs.side_channel import SideChannelCodec
+from lsmerge.data.importance import ImportanceStats
 from lsmerge.codecs.task_vector import TaskVectorCodec
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import ArchitectureMap
@@ -40,6 +44,8 @@ class CodecSettings:
     allow_partial_codec: bool = False
     rank_fraction: float | None = None
     device: str = "cpu"
+    side_channel: float = 0.0
+    importance: str | None = None
 
 
 TASK_VECTOR = "task_vector"  # codec spec: fit a task-vector codec (joint SVD) on the base and the experts
@@ -77,7 +83,7 @@ class HomogeneousJob:
             self.codec = TaskVectorCodec.fit(base, models, selected, rank_fraction=cs.rank_fraction, rank=cs.rank,
                                              family=model_family(ref.config), device=cs.device)
         else:
-            self.codec = load_codec(codec_spec, device=cs.device)
+            self.codec = load_codec(codec_spec, device=cs.device, importance=cs.importance, side_channel=cs.side_channel)
             if isinstance(self.codec, TaskVectorCodec):
                 self._task_vector_checks(delta)
                 self.codec = self.codec.bind(base, models).truncated(cs.rank_fraction, cs.rank)
@@ -85,6 +91,10 @@ class HomogeneousJob:
                 raise LsMergeError("rank_fraction truncates a task-vector codec; this codec is not one. Remove rank_fraction.")
         if cs.save_codec and codec_spec in ("pca", TASK_VECTOR):
             self.codec.save(cs.save_codec)
+        if codec_spec == "pca" and cs.side_channel:
+            stats = ImportanceStats.load(cs.importance) if cs.importance else None
+            self.codec = SideChannelCodec(self.codec, cs.side_channel, stats)
+        self.side = isinstance(self.codec, SideChannelCodec)
         self.coded = set(check_codec(self.codec, ref, selected, cs.kinds, cs.allow_partial_codec))
         self.report = [f"{len(self.coded)} tensors through the codec ({self.codec!r}), "
                        f"{len(ref.names) - len(self.coded)} by fallback {fallback_method!r}"]
@@ -153,6 +163,8 @@ class HomogeneousJob:
         codec, m, p = self.codec, self.method, self.params_for(name)
         if m.draw is not None:
             merged = apply(m, m.draw(codec, name, ts[0], p), None, p)
+            if self.side:  # the draws are of one model: its side channel, with its coefficient
+                return codec.decode_merged(name, merged, [codec.encode(name, ts[0])], m.linear_coefficients(p, 1))
             if self.delta == "latent":
                 return residual_decode(codec, name, ts[0], codec.encode(name, ts[0]), merged)
             return codec.decode(name, merged)
@@ -164,4 +176,7 @@ class HomogeneousJob:
         merged = apply(m, latents, base_latent, p)
         if self.delta == "latent":
             return residual_decode(codec, name, b, base_latent, merged)
+        if self.side:  # inputs, then the base when the method takes one
+            inputs = latents + ([base_latent] if m.needs_base else [])
+            return codec.decode_merged(name, merged, inputs, m.linear_coefficients(p, len(latents)))
         return codec.decode(name, merged)

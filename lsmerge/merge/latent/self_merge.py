@@ -3,6 +3,9 @@
     z_k = mu + T sigma eps_k                      (K draws from the codec's posterior)
     z_k <- (1 - lam) z_k + lam z_prior,k          (lam > 0: posterior / prior mix, z_prior ~ N(0, diag(prior_std^2)))
     z   = (1 / K) sum_k z_k
+
+Linear in the one model: its K posterior draws get (1 - lam) / K each, so its coefficient is
+1 - lam (1 at the default lam = 0); the prior draws encode no weights.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def draw_samples(codec: SamplingCodec, name: str, weight: torch.Tensor, p: Merge
 
 
 @register("self", models="1", default_lam=0.0, lam_in_unit=True, fallback="copy", draw=draw_samples,
-          label=lambda p: f"k{p.samples}t{p.temperature:g}")
+          label=lambda p: f"k{p.samples}t{p.temperature:g}", linear=lambda p, n: [1.0 - p.lam])
 def self_merge(tensors, base, p: MergeParams):
     """z = (1 / K) sum_k z_k over the K samples drawn by `draw_samples`."""
     k = len(tensors)

@@ -388,6 +388,18 @@ ROWS = [
      "base_model"),
     ("mw-arcee-fusion-two-models", lambda b, o: ["merge-weights", "--models", f"[{b.w.e1},{b.w.e2}]", "--base_model", str(b.w.base),
      "--method", "arcee_fusion", "--out", o], "exactly 1"),
+    # -- merge: the side channel through a latent merge (issue 13) -------------------------------
+    ("merge-side-channel-not-linear", lambda b, o: ["merge", "--method", "ties", "--models", f"[{b.w.e1},{b.w.e2}]",
+     "--base", str(b.w.base), "--side_channel", "0.01", *_pca(), "--out", o], "not linear"),
+    ("merge-side-channel-delta", lambda b, o: ["merge", "--method", "lerp", "--models", f"[{b.w.e1},{b.w.e2}]",
+     "--base", str(b.w.base), "--delta", "latent", "--side_channel", "0.01", *_pca(), "--out", o], "already cancels"),
+    ("merge-side-channel-task-vector", lambda b, o: ["merge", "--method", "task_arithmetic", "--models",
+     f"[{b.w.e1},{b.w.e2}]", "--base", str(b.w.base), "--codec", "task_vector", "--side_channel", "0.01",
+     "--progress", "false", "--out", o], "task-vector codec"),
+    ("merge-side-channel-too-large", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--side_channel", "0.7",
+     *_pca(), "--out", o], "(0, 0.5]"),
+    ("merge-importance-unused", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--importance",
+     str(b.root / "none.safetensors"), *_pca(), "--out", o], "would be unused"),
 ]
 
 

@@ -154,3 +154,20 @@ def test_side_channel_refusals_come_before_writing(world, tmp_path, kw, match):
     with pytest.raises(LsMergeError, match=match):
         _run(world, tmp_path / "out", **kw)
     assert not (tmp_path / "out").exists()
+
+
+def test_vae_self_merge_of_one_model_equals_the_side_channel_export(vae_fit_run, vae_llama, tmp_path):
+    from lsmerge.export import export
+
+    ckpt = str(vae_fit_run / "last.ckpt")
+    exported = open_checkpoint(export(vae=ckpt, model=vae_llama, out=str(tmp_path / "export"), side_channel=Q))
+    merged = open_checkpoint(merge(method="self", models=[vae_llama], codec=ckpt, kinds=["mlp"], samples=1, temperature=0.0,
+                                   side_channel=Q, out=str(tmp_path / "merge"), progress=False, allow_partial_codec=True))
+    plain = open_checkpoint(merge(method="self", models=[vae_llama], codec=ckpt, kinds=["mlp"], samples=1, temperature=0.0,
+                                  out=str(tmp_path / "plain"), progress=False, allow_partial_codec=True))
+    src = open_checkpoint(vae_llama)
+    coded = [n for n in src.names if not torch.equal(exported.get(n), src.get(n))]
+    assert coded and all(".mlp." in n for n in coded)
+    for name in coded:
+        assert torch.equal(merged.get(name), exported.get(name)), name
+        assert not torch.equal(plain.get(name), exported.get(name)), name

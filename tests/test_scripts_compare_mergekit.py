@@ -20,51 +20,36 @@ def _compare_module():
     return mod
 
 
-def test_matches_mergekit_linear_slerp_ties(tmp_path):
+def _compare(workdir: Path, *recipes: str) -> int:
+    """Run scripts/compare_mergekit.py on `recipes` (its exit status); skips without mergekit."""
     mod = _compare_module()
     mk = mod.find_mergekit()
     if mk is None:
         pytest.skip("mergekit not found: set LSMERGE_MERGEKIT to its mergekit-yaml, or put mergekit-yaml on PATH "
                     "(install: see scripts/compare_mergekit.py)")
-    rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "linear", "slerp_gradient", "ties"])
-    assert rc == 0
+    return mod.main(["--mergekit-bin", str(mk), "--workdir", str(workdir), "--recipes", *recipes])
+
+
+def test_matches_mergekit_linear_slerp_ties(tmp_path):
+    assert _compare(tmp_path, "linear", "slerp_gradient", "ties") == 0
 
 
 def test_matches_mergekit_passthrough_slices_and_tokenizers(tmp_path):
     """Depth up-scaling, a frankenmerge of two models, a tokenizer source that is a model, the base
     tokenizer padded with a chat template: tensors, config fields and tokenizers equal mergekit's."""
-    mod = _compare_module()
-    mk = mod.find_mergekit()
-    if mk is None:
-        pytest.skip("mergekit not found: set LSMERGE_MERGEKIT to its mergekit-yaml, or put mergekit-yaml on PATH "
-                    "(install: see scripts/compare_mergekit.py)")
-    rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "passthrough_upscale",
-                   "passthrough_frankenmerge", "tokenizer_source_model", "tokenizer_base_chat_template"])
-    assert rc == 0
+    assert _compare(tmp_path, "passthrough_upscale", "passthrough_frankenmerge", "tokenizer_source_model",
+                    "tokenizer_base_chat_template") == 0
 
 
 def test_matches_mergekit_breadcrumbs_sce_ram(tmp_path):
     """The deterministic sparse / consensus methods: every tensor within 1e-6 relative of mergekit's."""
-    mod = _compare_module()
-    mk = mod.find_mergekit()
-    if mk is None:
-        pytest.skip("mergekit not found: set LSMERGE_MERGEKIT to its mergekit-yaml, or put mergekit-yaml on PATH "
-                    "(install: see scripts/compare_mergekit.py)")
-    rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "breadcrumbs", "breadcrumbs_ties",
-                   "sce", "sce_all", "ram", "ramplus_tl"])
-    assert rc == 0
+    assert _compare(tmp_path, "breadcrumbs", "breadcrumbs_ties", "sce", "sce_all", "ram", "ramplus_tl") == 0
 
 
 def test_della_matches_mergekit_in_distribution(tmp_path):
     """DELLA draws random masks: kept fractions, their growth with magnitude rank and the L1 rescale
     agree with mergekit's (`compare_distribution`), not the bits."""
-    mod = _compare_module()
-    mk = mod.find_mergekit()
-    if mk is None:
-        pytest.skip("mergekit not found: set LSMERGE_MERGEKIT to its mergekit-yaml, or put mergekit-yaml on PATH "
-                    "(install: see scripts/compare_mergekit.py)")
-    rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "della", "della_linear"])
-    assert rc == 0
+    assert _compare(tmp_path, "della", "della_linear") == 0
 
 
 def test_distribution_comparison_can_fail():
@@ -80,25 +65,12 @@ def test_distribution_comparison_can_fail():
 
 def test_matches_mergekit_model_stock_karcher_nuslerp_multislerp_nearswap_arcee_fusion(tmp_path):
     """The spherical and swap methods: every tensor within 1e-6 relative of mergekit's."""
-    mod = _compare_module()
-    mk = mod.find_mergekit()
-    if mk is None:
-        pytest.skip("mergekit not found: set LSMERGE_MERGEKIT to its mergekit-yaml, or put mergekit-yaml on PATH "
-                    "(install: see scripts/compare_mergekit.py)")
     # one recipe per method (the script has more: model_stock_filter_wise, karcher, nuslerp_row_wise, multislerp)
-    rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "model_stock", "karcher_base",
-                   "nuslerp", "multislerp_three", "nearswap", "arcee_fusion"])
-    assert rc == 0
+    assert _compare(tmp_path, "model_stock", "karcher_base", "nuslerp", "multislerp_three", "nearswap", "arcee_fusion") == 0
 
 
 def test_matches_mergekit_tokenizer_union(tmp_path):
     """`tokenizer_source: union` and a `tokenizer:` block without a source (mergekit's default is
     union, padded): the same tokens and added tokens, the base's ids, config vocab_size, tokenizer
     files, and every token's embedding and lm_head row within 1e-6 of mergekit's."""
-    mod = _compare_module()
-    mk = mod.find_mergekit()
-    if mk is None:
-        pytest.skip("mergekit not found: set LSMERGE_MERGEKIT to its mergekit-yaml, or put mergekit-yaml on PATH "
-                    "(install: see scripts/compare_mergekit.py)")
-    rc = mod.main(["--mergekit-bin", str(mk), "--workdir", str(tmp_path), "--recipes", "tokenizer_union", "tokenizer_union_default"])
-    assert rc == 0
+    assert _compare(tmp_path, "tokenizer_union", "tokenizer_union_default") == 0

@@ -65,9 +65,11 @@ def union_tokenizer(tokenizers: list[tuple[Any, int | None]]) -> Any:
         base.save_pretrained(d, legacy_format=False, safe_serialization=True)
         out = AutoTokenizer.from_pretrained(d, use_fast=True)
     base_vocab = base.get_vocab()
-    for token in plain:
-        if token not in added and token not in base_vocab:
-            out.add_tokens(token)
+    # one call per group (in order, as mergekit's one-at-a-time calls number them): a call per token
+    # rebuilds the tokenizer's added-token trie each time, quadratic in the new tokens
+    new_plain = [token for token in plain if token not in added and token not in base_vocab]
+    if new_plain:
+        out.add_tokens(new_plain)
     for info in added.values():
         out.add_tokens(info)
     return out

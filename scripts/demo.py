@@ -15,7 +15,7 @@ the reconstruction's perplexity is far off, see RESULTS.md).
 
 Everything lands under checkpoints/demo/ (git-ignored), apart from the fetched model and corpora.
 The demo's experts are checkpoints/demo/expert-*; they are not the results plan's experts
-(checkpoints/base/smollm2-135m-expert*, 30 minutes each, `scripts/make_experts.py`). A rerun reuses
+(checkpoints/base/smollm2-135m-expert*, 125 steps (about 30 minutes) each, `scripts/make_experts.py`). A rerun reuses
 experts that finished their budget; `rm -rf checkpoints/demo` starts over.
 
     python scripts/demo.py [--expert-minutes 2] [--max-tokens 2048] [--with-vae] [--fit-minutes 3]

@@ -149,6 +149,15 @@ def _interrupted_line(signum: int) -> str:
     return f"interrupted ({name}); unfinished outputs were removed"
 
 
+def _end_progress_line() -> None:
+    """Start a fresh stderr line when a progress bar (tqdm, e.g. transformers' "Loading weights") is
+    still open, so the command's last line is its own and not glued to the bar's."""
+    std = sys.modules.get("tqdm.std")
+    bars = list(getattr(getattr(std, "tqdm", None), "_instances", ())) if std else []
+    if any(not getattr(bar, "disable", True) for bar in bars):
+        print(file=sys.stderr)
+
+
 def _on_signal(signum, frame) -> None:
     if os.getpid() != _main_pid:  # a forked worker (DataLoader): the parent does the cleanup
         if signum == signal.SIGINT:
@@ -181,18 +190,21 @@ def _command_boundary(command: str):
     try:
         yield
     except LsMergeError as e:
+        _end_progress_line()
         print(f"lsmerge {command}: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     except BrokenPipeError:  # `lsmerge ... | head`: the reader left; say nothing more
         sys.stdout = open(os.devnull, "w")
         raise SystemExit(1) from None
     except OSError as e:
+        _end_progress_line()
         print(f"lsmerge {command}: error: {os_error_line(e)}", file=sys.stderr)
         raise SystemExit(1) from None
     except (Interrupted, KeyboardInterrupt) as e:
         if not outer:
             raise
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        _end_progress_line()
         print(f"lsmerge {command}: {_interrupted_line(signum)}", file=sys.stderr)
         raise SystemExit(128 + signum) from None
     finally:

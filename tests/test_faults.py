@@ -251,3 +251,22 @@ def test_sigterm_before_any_output_is_a_generic_line(tiny_world, tmp_path):
     assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("lsmerge evaluate: interrupted (SIGTERM)")
     assert not (tmp_path / "new").exists()
+
+
+def test_error_line_starts_its_own_line_after_an_open_progress_bar(capsys, tmp_path):
+    """An error while a progress bar is mid-line (transformers' "Loading weights") still ends stderr
+    with the command's own line, not glued to the bar (seen in CI when SIGTERM met the loading bar)."""
+    import tqdm
+
+    bar = tqdm.tqdm(total=3, desc="Loading weights", file=sys.stderr)
+    bar.update(1)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(["evaluate", "--models", json.dumps([str(tmp_path / "missing")]), "--texts", "[x]", "--out",
+                  str(tmp_path / "ppl")])  # fmt: skip
+        err = capsys.readouterr().err
+    finally:
+        bar.close()
+    assert exc.value.code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("lsmerge evaluate: error:"), last

@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
 
             run_lightning_cli([command, *rest])
             return
+        if command in _HASHES_INPUTS:
+            _prefetch_input_digests(rest)
         from jsonargparse import auto_cli
 
         func = _load(COMMANDS[command][0])
@@ -242,6 +244,63 @@ def main(argv: list[str] | None = None) -> None:
         if command == "merge-weights" and _print_mergekit_plan(func, args, kwargs):
             return
         auto_cli(func, args=args, **kwargs)
+
+
+# commands whose outputs record their inputs' sha256 (a full read of every input file)
+_HASHES_INPUTS = ("merge-weights", "merge", "export")
+_RECIPE_FLAGS = ("--mergekit_config", "--mergekit-config", "--config")
+
+
+def _prefetch_input_digests(args: list[str]) -> None:
+    """Start hashing the checkpoint folders named on the command line (plain, in JSON or
+    comma lists, or as `model:` / `base_model:` in a mergekit recipe) before torch is imported:
+    the import keeps one core busy for about a second and leaves the other free. Only a head
+    start: a digest is taken from it only while its file is unchanged (`io.digest_cache`), and a
+    value that is not an input costs a wasted read, never a wrong result."""
+    from pathlib import Path
+
+    from lsmerge.io.digest_cache import prefetch
+    from lsmerge.io.provenance import checkpoint_files
+
+    values: list[str] = []
+    for flag, value in zip(["", *args], args):
+        name, sep, tail = value.partition("=")
+        if sep and name.startswith("--"):
+            flag, value = name, tail
+        if flag.replace("_", "-") in ("--out", "--output"):
+            continue
+        if flag in _RECIPE_FLAGS and value.endswith((".yaml", ".yml")):
+            values.extend(_recipe_models(value))
+            continue
+        values.extend(v.strip().strip("'\"") for v in value.strip().strip("[]").split(","))
+    folders = []
+    for v in values:
+        try:
+            if v and os.path.isdir(v):
+                folders.append(v)
+        except (OSError, ValueError):
+            continue
+    prefetch(f for folder in dict.fromkeys(folders) for f in checkpoint_files(Path(folder)))
+
+
+def _recipe_models(path: str) -> list[str]:
+    """The `model` and `base_model` strings anywhere in a YAML recipe ([] if it does not parse)."""
+    try:
+        import yaml
+
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except Exception:  # noqa: BLE001 - the command itself reports a bad recipe
+        return []
+    found, stack = [], [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            found += [v for k, v in node.items() if k in ("model", "base_model") and isinstance(v, str)]
+            stack += list(node.values())
+        elif isinstance(node, list):
+            stack += node
+    return found
 
 
 def _print_mergekit_plan(func, args: list[str], kwargs: dict) -> bool:

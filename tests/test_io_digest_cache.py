@@ -121,3 +121,47 @@ def test_input_digests_use_the_cache(cache, tmp_path):
     assert {f["file"]: f["sha256"] for f in first[0]["files"]}["config.json"] == hashlib.sha256(b"{}").hexdigest()
     _poison(cache)
     assert {f["sha256"] for f in input_digests([ck])[0]["files"]} == {"f" * 64}
+
+
+@pytest.mark.parametrize("cache_on", [True, False])
+def test_a_prefetched_digest_is_used_only_while_the_file_is_unchanged(cache, tmp_path, monkeypatch, cache_on):
+    if not cache_on:
+        monkeypatch.setenv("LSMERGE_DIGEST_CACHE", "0")
+    monkeypatch.setattr(digest_cache, "_prefetched", {})
+    f = _old_file(tmp_path / "w.safetensors", b"a" * 5000)
+    digest_cache.prefetch([f, tmp_path / "missing.safetensors"])
+    digest_cache._prefetched[str(f)].result(timeout=30)
+    calls = []
+    monkeypatch.setattr(digest_cache, "hash_file", lambda p: calls.append(p) or hash_file(p))
+    assert cached_file_sha256(f) == hashlib.sha256(b"a" * 5000).hexdigest()
+    assert calls == []  # taken from the prefetch
+    f.write_bytes(b"b" * 5000)  # changed after it was prefetched: hashed again
+    assert cached_file_sha256(f) == hashlib.sha256(b"b" * 5000).hexdigest()
+    assert len(calls) == 1
+
+
+def test_a_racily_clean_file_is_not_taken_from_the_prefetch(cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(digest_cache, "_prefetched", {})
+    f = tmp_path / "fresh.safetensors"
+    f.write_bytes(b"c" * 100)  # modified just now: a write in the same tick would not show in its stat
+    digest_cache.prefetch([f])
+    digest_cache._prefetched[str(f)].result(timeout=30)
+    calls = []
+    monkeypatch.setattr(digest_cache, "hash_file", lambda p: calls.append(p) or hash_file(p))
+    assert cached_file_sha256(f) == hashlib.sha256(b"c" * 100).hexdigest()
+    assert len(calls) == 1
+
+
+def test_the_command_line_prefetches_the_inputs_it_names(tmp_path, monkeypatch):
+    from lsmerge import cli
+
+    started = []
+    monkeypatch.setattr(digest_cache, "prefetch", lambda paths: started.extend(os.path.basename(os.path.dirname(p)) for p in paths))
+    for name in ("a", "b", "base", "r1", "r2", "out"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"x")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"models:\n  - model: {tmp_path / 'r1'}\n    parameters: {{weight: 1}}\nbase_model: {tmp_path / 'r2'}\n")
+    cli._prefetch_input_digests(["--models", f'["{tmp_path / "a"}", "{tmp_path / "b"}"]', f"--base={tmp_path / 'base'}",
+                                 "--mergekit_config", str(recipe), "--out", str(tmp_path / "out"), "--method", "linear"])
+    assert sorted(started) == ["a", "b", "base", "r1", "r2"]  # not "out"

@@ -17,6 +17,10 @@ Entries are one small JSON file each, `<cache>/digests/<sha256 of the real path>
 atomically; `<cache>` is `$LSMERGE_CACHE_DIR`, else `$XDG_CACHE_HOME/lsmerge`, else
 `~/.cache/lsmerge`. `LSMERGE_DIGEST_CACHE=0` turns the cache off. A cache that cannot be read
 or written is ignored (the digest is computed), never an error.
+
+`prefetch(paths)` starts that work early, in a daemon thread (the command line calls it before
+importing torch, whose import leaves a core idle): a later `cached_file_sha256` of the same file
+takes the prefetched digest only while the file's identity is the one it had when hashed.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Iterable
 
 #: a file modified this recently (seconds) when hashed is not remembered
 RACY_SECONDS = 2.0
@@ -82,18 +89,69 @@ def _remember(entry: Path, real: str, ident: dict, digest: str) -> None:
             pass
 
 
-def cached_file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file: from the cache when the file's stat identity is unchanged since it
-    was hashed, else computed (and remembered unless the file was modified within RACY_SECONDS)."""
-    if os.environ.get("LSMERGE_DIGEST_CACHE", "1") == "0":
-        return hash_file(path)
-    real = os.path.realpath(path)
+def _cache_on() -> bool:
+    return os.environ.get("LSMERGE_DIGEST_CACHE", "1") != "0"
+
+
+def _digest(real: str) -> tuple[dict | None, str]:
+    """(identity, sha256) of a resolved path: from the cache or computed (and remembered unless
+    the file was modified within RACY_SECONDS); identity None when the file changed while read."""
     before = os.stat(real)
-    ident, entry = _identity(before), _entry_path(real)
-    if (digest := _lookup(entry, real, ident)) is not None:
-        return digest
+    ident = _identity(before)
+    entry = _entry_path(real) if _cache_on() else None
+    if entry is not None and (digest := _lookup(entry, real, ident)) is not None:
+        return ident, digest
     digest = hash_file(real)
     after = os.stat(real)
-    if _identity(after) == ident and time.time() - after.st_mtime_ns / 1e9 > RACY_SECONDS:
+    if _identity(after) != ident:
+        return None, digest  # changed while read: the digest belongs to no identity
+    if entry is not None and time.time() - after.st_mtime_ns / 1e9 > RACY_SECONDS:
         _remember(entry, real, ident, digest)
-    return digest
+    return ident, digest
+
+
+_prefetched: dict[str, Future] = {}
+_prefetch_lock = threading.Lock()
+
+
+def prefetch(paths: Iterable[str | os.PathLike]) -> None:
+    """Start hashing these files (each once per process) in one daemon thread; files that
+    cannot be read are skipped here and fail, if at all, where their digest is asked for."""
+    todo: list[tuple[str, Future]] = []
+    with _prefetch_lock:
+        for p in paths:
+            real = os.path.realpath(p)
+            if real not in _prefetched and os.path.isfile(real):
+                _prefetched[real] = fut = Future()
+                todo.append((real, fut))
+    if not todo:
+        return
+
+    def work() -> None:
+        for real, fut in todo:
+            try:
+                ident, digest = _digest(real)
+                if ident is not None and time.time() - ident["mtime_ns"] / 1e9 <= RACY_SECONDS:
+                    ident = None  # racily clean: a write in the same tick would not show; not reused
+                fut.set_result((ident, digest))
+            except BaseException as e:  # noqa: BLE001 - recomputed (and raised) by the caller
+                fut.set_exception(e)
+
+    threading.Thread(target=work, name="lsmerge-digest-prefetch", daemon=True).start()
+
+
+def cached_file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file: prefetched or from the cache when the file's stat identity is
+    unchanged since it was hashed, else computed (and remembered unless the file was modified
+    within RACY_SECONDS)."""
+    real = os.path.realpath(path)
+    with _prefetch_lock:
+        fut = _prefetched.get(real)
+    if fut is not None:
+        try:
+            ident, digest = fut.result()
+        except BaseException:  # noqa: BLE001 - computed again below, where its error is raised
+            ident, digest = None, ""
+        if ident is not None and _identity(os.stat(real)) == ident:
+            return digest
+    return _digest(real)[1]

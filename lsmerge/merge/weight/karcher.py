@@ -88,7 +88,15 @@ def karcher_coefficients(g: torch.Tensor, alphas: Sequence[float], max_iter: int
     return [scale * float(mean[i]) / norms[i] if i in valid else 0.0 for i in range(n)], start
 
 
-def karcher(tensors: Sequence[torch.Tensor], alphas: Sequence[float] | None = None, max_iter: int = 10, tol: float = 1e-5) -> torch.Tensor:
+ITERATES = ("exact", "mergekit")
+
+
+def _iterate_choice(v) -> str | None:
+    return None if v in ITERATES else f"must be one of {list(ITERATES)}"
+
+
+def karcher(tensors: Sequence[torch.Tensor], alphas: Sequence[float] | None = None, max_iter: int = 10, tol: float = 1e-5,
+            iterate: str = "exact") -> torch.Tensor:
     """Weighted Karcher mean on the unit hypersphere, scaled by the weighted mean norm.
 
         u_i    = x_i / |x_i|   (inputs with |x_i| <= tol take no part in the direction)
@@ -103,8 +111,14 @@ def karcher(tensors: Sequence[torch.Tensor], alphas: Sequence[float] | None = No
 
     alphas default to 1/N (mergekit's `karcher` uses 1/N). One input is returned as is; all
     inputs of norm <= tol give zeros. The iteration runs on N x N inner products (float64, see
-    `karcher_coefficients`), then one pass forms sum_i c_i x_i: the same iterates as mergekit
-    0.1.5's `karcher_merge_tensors` (float32 steps there), within ~1e-7 relative.
+    `karcher_coefficients`), then one pass forms sum_i c_i x_i; when it takes no step (fine-tunes
+    of one base) that pass is mergekit's own float32 normalisation of the start.
+
+    iterate "mergekit" instead takes the steps on the float32 tensors as mergekit 0.1.5's
+    `karcher_merge_tensors` does (mergekit recipes use it). Its float32 reductions (torch.dot over
+    ~1e6 entries) err by ~1e-5, as large as tol: on the SmolLM2 experts' LoRA-touched matrices it
+    takes 10 steps driven by that rounding where the exact tangent is 1e-15, moving the result by
+    ~1e-6. "exact" stays at the exact iterate; "mergekit" reproduces mergekit's.
 
     Args: tensors: N tensors of one shape. Returns float32 (float64 stays float64) of that shape.
     """
@@ -117,11 +131,13 @@ def karcher(tensors: Sequence[torch.Tensor], alphas: Sequence[float] | None = No
     # is normalised by the same norm. Both are taken here too, so the scale matches theirs.
     norm_t = [torch.linalg.vector_norm(x.to(dtype)) for x in tensors]
     norms = [float(v) for v in norm_t]
+    if iterate == "mergekit":
+        return _karcher_on_tensors(tensors, alphas, max_iter, tol, dtype, norm_t)
     coefs, start = karcher_coefficients(gram(tensors), alphas, max_iter, tol, dtype, norms)
     if start is None:
         return combine(coefs, tensors, dtype)
-    # no step from the start (fine-tunes of one base): mergekit's result is scale * s / |s| with
-    # s = sum_i alpha_i (x_i / |x_i|), |.| as it computes it; the same float32 operations here
+    # no step from the start: mergekit's result is scale * s / |s| with s = sum_i alpha_i
+    # (x_i / |x_i|), |.| as it computes it; the same float32 operations here
     valid = [i for i, c in enumerate(start) if c != 0.0]
     total = sum(alphas[i] for i in valid)
     out = None
@@ -133,6 +149,60 @@ def karcher(tensors: Sequence[torch.Tensor], alphas: Sequence[float] | None = No
     return out
 
 
+def _karcher_on_tensors(tensors: Sequence[torch.Tensor], alphas: Sequence[float], max_iter: int, tol: float,
+                        dtype: torch.dtype, norms: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The iteration of `karcher` on the tensors in `dtype`, step for step as mergekit 0.1.5's
+    `karcher_merge_tensors` takes it: the same values from the same float operations (a - b
+    is a + (-b) exactly, products commute), in place where mergekit allocates; the distinct units
+    and three work tensors are held (equal inputs share one unit and one term's products)."""
+    valid = [i for i, n in enumerate(norms) if float(n) > tol]
+    if not valid:
+        return torch.zeros(tensors[0].shape, dtype=dtype)
+    total = sum(alphas[i] for i in valid)
+    units: dict[int, torch.Tensor] = {}  # equal inputs share one unit: the same bits, half the work
+    for i in valid:
+        same = next((j for j in units if float(norms[j]) == float(norms[i]) and torch.equal(tensors[j], tensors[i])), None)
+        units[i] = units[same] if same is not None else tensors[i].to(dtype).reshape(-1).div(norms[i])
+    weights = [(alphas[i] / total, units[i]) for i in valid]
+    mean = torch.zeros_like(weights[0][1])
+    work = torch.empty_like(mean)
+    held = None  # (unit, coefficient) whose product `work` holds: an equal term is added again, not recomputed
+    for a, u in weights:
+        if held != (id(u), a):
+            torch.mul(u, a, out=work)
+            held = (id(u), a)
+        mean += work
+    mean_norm = torch.linalg.vector_norm(mean)
+    if float(mean_norm) < tol:
+        mean = weights[0][1].clone()
+    else:
+        mean.div_(mean_norm)
+    tangent = torch.empty_like(mean)
+    for _ in range(max_iter):
+        tangent.zero_()
+        held = None
+        for a, u in weights:
+            if held is not None and held[0] == (id(u), a):
+                if held[1]:
+                    tangent += work
+                continue
+            dot = torch.clamp(torch.dot(mean, u), -1.0, 1.0)
+            theta = torch.arccos(dot)
+            held = ((id(u), a), float(theta) >= tol)
+            if not held[1]:
+                continue
+            torch.mul(mean, -dot, out=work).add_(u)  # u - dot * mean: (-dot) * m rounds to -(dot * m)
+            tangent += work.mul_(a * (theta / torch.sin(theta)))
+        tangent_norm = torch.linalg.vector_norm(tangent)
+        if float(tangent_norm) < tol:
+            break
+        mean.mul_(torch.cos(tangent_norm)).add_(tangent.div_(tangent_norm).mul_(torch.sin(tangent_norm)))
+        unit_norm = torch.linalg.vector_norm(mean)
+        if float(unit_norm) > tol:
+            mean.div_(unit_norm)
+    return mean.mul_(sum(alpha * n for alpha, n in zip(alphas, norms))).view(tensors[0].shape)
+
+
 @register
 class Karcher(MergeMethod):
     name = "karcher"
@@ -140,9 +210,13 @@ class Karcher(MergeMethod):
     params = (
         Param("max_iter", 10, check=_int_at_least_1, doc="most Riemannian gradient steps"),
         Param("tol", 1e-5, check=_positive, doc="stop when the tangent's norm is below this; inputs of norm <= tol are left out"),
+        Param("iterate", "exact", check=_iterate_choice,
+              doc="'exact': the iteration on float64 inner products (one pass over the tensors); 'mergekit': "
+                  "float32 steps on the tensors as mergekit takes them, rounding included (mergekit recipes use it)"),
     )
     mergekit_defaults = {"max_iter": 10, "tol": 1e-5}
+    mergekit_fixed = {"iterate": "mergekit"}
     mergekit_inputs = "all"
 
     def merge(self, tensors, base, params, ctx: TensorContext) -> torch.Tensor:
-        return karcher(tensors, None, int(params["max_iter"]), float(params["tol"]))
+        return karcher(tensors, None, int(params["max_iter"]), float(params["tol"]), params["iterate"])

@@ -92,6 +92,13 @@ class MergeMethod:
     # base_model, which is optional: the method gets it as its base when the recipe names one)
     mergekit_inputs: ClassVar[str] = "others"
 
+    def keeps_equal_inputs(self, n_models: int, has_base: bool, params: dict) -> bool:
+        """True where the method's formula returns the common value exactly (== in every entry)
+        whenever its inputs, and the base if given, are all equal: the executor then copies that
+        value instead of computing (LoRA experts leave most tensors of a model unchanged). Each
+        override states why its arithmetic is exact there."""
+        return False
+
     def check_mergekit_params(self, block: dict, where: str) -> str | None:
         """A reason to refuse a recipe's parameter block (override where mergekit's meaning
         differs from ours), or None."""

@@ -79,6 +79,10 @@ class ModelStock(MergeMethod):
     mergekit_defaults = {"filter_wise": False}
     mergekit_inputs = "others"
 
+    def keeps_equal_inputs(self, n_models, has_base, params) -> bool:
+        # zero offsets: cos = 0 / clamp(0, 1e-6) = 0, so t = 0 and t * mean + (1 - t) * w_0 = w_0
+        return True
+
     def merge(self, tensors, base, params, ctx: TensorContext) -> torch.Tensor:
         if not params["filter_wise"]:
             return model_stock(base, tensors)

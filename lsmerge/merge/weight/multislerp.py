@@ -85,5 +85,10 @@ class MultiSlerp(MergeMethod):
             raise LsMergeError(f"multislerp: the weights sum to 0 ({where}), so they cannot be normalized; "
                                "change them or set normalize_weights false.")
 
+    def keeps_equal_inputs(self, n_models, has_base, params) -> bool:
+        # one model is returned as is; two task vectors of 0 have a mean of norm 0 < eps, whose
+        # branch gives w_1 * 0 + w_2 * 0 + base = base (three or more are an error there)
+        return n_models == 1 or (has_base and n_models == 2)
+
     def merge(self, tensors, base, params, ctx: TensorContext) -> torch.Tensor:
         return multislerp(tensors, params["weight"], base, bool(params["normalize_weights"]), float(params["eps"]), ctx.name)

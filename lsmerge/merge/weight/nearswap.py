@@ -48,6 +48,11 @@ class NearSwap(MergeMethod):
     mergekit_defaults = {"t": None}
     mergekit_inputs = "others"
 
+    def keeps_equal_inputs(self, n_models, has_base, params) -> bool:
+        # |a - b| = 0 is clamped to 1e-6, so the weight t / 1e-6 clamps to 1 once t >= 1e-6 (with
+        # a float32 margin) and 1 * b + 0 * a = b; a smaller t mixes b and a with rounding
+        return float(params["t"]) >= 2e-6
+
     def merge(self, tensors, base, params, ctx: TensorContext) -> torch.Tensor:
         if len(tensors) != 1:
             raise LsMergeError(f"nearswap merges one model into the base; got {len(tensors)}.")

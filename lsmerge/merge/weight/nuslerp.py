@@ -90,6 +90,11 @@ class NuSlerp(MergeMethod):
         if len(values["weight"]) != 2:
             raise LsMergeError(f"nuslerp: give 2 weights, one per model ({where}).")
 
+    def keeps_equal_inputs(self, n_models, has_base, params) -> bool:
+        # with a base both task vectors are +0: the spherical branch gives sin(.) * 0 / 1 = 0 and
+        # base + 0 = base; without one, (1 - t) v + t v rounds
+        return has_base
+
     def merge(self, tensors, base, params, ctx: TensorContext) -> torch.Tensor:
         t = interpolation_t(params["weight"])
         return nuslerp(tensors[0], tensors[1], t, bool(params["nuslerp_flatten"]), bool(params["nuslerp_row_wise"]), base)

@@ -413,6 +413,7 @@ ROWS = [
     ("merge-tcvae-rank-fraction", lambda b, o: _tcvae(b, o, "--rank_fraction", "0.25"), "fitted at"),
     ("merge-tcvae-side-channel", lambda b, o: _tcvae(b, o, "--side_channel", "0.01"), "no side channel"),
     ("merge-tcvae-no-digests", lambda b, o: _tcvae(b, o, "--codec", str(b.root / "tcvae_no_digests.ckpt")), "refit it"),
+    ("export-task-code-vae", lambda b, o: ["export", "--vae", str(b.tcvae), "--model", str(b.w.e1), "--out", o], "task-vector codes"),
 ]
 
 

@@ -188,7 +188,7 @@ class TaskCodeVAECodec:
 
     def code_block(self, name: str, latent: TensorLatent) -> torch.Tensor:
         """D(z): the decoded code block (r, in) float32; the zero block for a latent with the base's statistics."""
-        shape = tuple(self.vae._spec(name)["shape"])
+        shape = tuple(self.vae.specs[name]["shape"])
         norm = latent.norm.reshape(-1)
         if float(norm[0]) == 0.0 and float(norm[1]) <= 2 * _STD_FLOOR:
             return torch.zeros(shape)

@@ -51,7 +51,8 @@ def export(
     """
     from lsmerge.codecs.load import vae_statistics
     from lsmerge.codecs.side_channel import SideChannelCodec, check_fraction
-    from lsmerge.codecs.vae import VAECodec
+    from lsmerge.codecs.task_code_vae import task_code_data
+    from lsmerge.codecs.vae import VAECodec, read_vae_checkpoint, weight_vae_from
     from lsmerge.io.archmap import ArchitectureMap
     from lsmerge.io.store import open_checkpoint
     from lsmerge.io.writer import CheckpointWriter, check_output_dir
@@ -62,7 +63,11 @@ def export(
         check_fraction(side_channel)
     store = open_checkpoint(resolve_model(model))
     check_output_dir(out, [store.path], overwrite)
-    codec = VAECodec.from_checkpoint(vae, device=device)
+    ckpt = read_vae_checkpoint(vae)
+    if task_code_data(ckpt) is not None:
+        raise LsMergeError(f"the VAE {vae} was fitted on task-vector codes (data.source: task_codes), not on weights; export "
+                           "reconstructs weights. Merge through it with lsmerge merge --codec (base and experts of its fit).")
+    codec = VAECodec(weight_vae_from(ckpt), device=device)
     stats = vae_statistics(Path(vae), codec, importance)
     if side_channel:
         codec = SideChannelCodec(codec, side_channel, stats)

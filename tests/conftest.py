@@ -284,3 +284,24 @@ def gaussian_cloud(n, d, seed, shift=0.0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     mix = torch.randn(d, d, generator=g) * scale
     return torch.randn(n, d, generator=g, dtype=torch.float64) @ mix.double() + shift
+
+
+# -- a weight VAE fitted on task-vector codes -------------------------------------------------------
+@pytest.fixture(scope="session")
+def task_code_vae_run(tiny_world, tmp_path_factory) -> Path:
+    """The run folder (last.ckpt) of `lsmerge fit` with configs/vae/tiny_task_codes.yaml (its 200 steps) on the codes of
+    tiny_world's e1 and e2 against its base, at rank fraction 0.5 (`lsmerge.codecs.task_code_vae`)."""
+    from lsmerge.cli import main
+
+    tmp = Path(tmp_path_factory.mktemp("task_code_vae"))
+    out = tmp / "run"
+    config = Path(__file__).resolve().parents[1] / "configs" / "vae" / "tiny_task_codes.yaml"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on 2 shared cores a tiny fit with 2 threads is many times slower
+    try:
+        main(["fit", "--config", str(config), f"--data.base={tiny_world.base}", f"--data.checkpoints=[{tiny_world.e1},{tiny_world.e2}]",
+              "--data.rank_fraction=0.5", f"--data.cache_dir={tmp}/c", f"--trainer.logger.init_args.save_dir={tmp}/tb",
+              f"--trainer.callbacks.init_args.dirpath={out}", "--progress=false"])
+    finally:
+        torch.set_num_threads(threads)
+    return out

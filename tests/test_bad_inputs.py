@@ -27,7 +27,7 @@ LATIN1 = "caf\xe9 na\xefve r\xe9sum\xe9\n".encode("latin-1")
 
 
 @pytest.fixture(scope="module")
-def bad(tiny_world, vae_fit_run, tmp_path_factory) -> SimpleNamespace:
+def bad(tiny_world, vae_fit_run, task_code_vae_run, tmp_path_factory) -> SimpleNamespace:
     """The inputs of the matrix: tiny_world's models plus broken files and folders."""
     from safetensors.torch import load_file, save_file
 
@@ -65,7 +65,11 @@ def bad(tiny_world, vae_fit_run, tmp_path_factory) -> SimpleNamespace:
         main(["merge", "--models", f"[{tiny_world.e1},{tiny_world.e2}]", "--base", str(tiny_world.base), "--codec", "task_vector",
               "--save_codec", str(root / "tv_codec"), "--out", str(root / "tv_run"), "--progress", "false"])
     _weighted_pca_without_statistics(tiny_world.e1, root / "weighted_pca")
-    return SimpleNamespace(root=root, w=tiny_world, vae=vae_fit_run / "last.ckpt", **{
+    # a VAE fitted on task-vector codes (base; e1, e2) and a copy without its inputs' digests (fitted before they were kept)
+    raw = torch.load(task_code_vae_run / "last.ckpt", weights_only=True, map_location="cpu")
+    del raw["datamodule_hyper_parameters"]["task_code_inputs"]
+    torch.save(raw, root / "tcvae_no_digests.ckpt")
+    return SimpleNamespace(root=root, w=tiny_world, vae=vae_fit_run / "last.ckpt", tcvae=task_code_vae_run / "last.ckpt", **{
         n: root / n for n in ("noconfig", "noconfig2", "nan", "mlp_codec", "deep_a", "deep_b", "wide", "tv_codec")})
 
 
@@ -400,7 +404,23 @@ ROWS = [
      *_pca(), "--out", o], "(0, 0.5]"),
     ("merge-importance-unused", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--importance",
      str(b.root / "none.safetensors"), *_pca(), "--out", o], "would be unused"),
+    # -- merge through a VAE fitted on task-vector codes (lsmerge.codecs.task_code_vae) -------------------
+    ("merge-tcvae-other-base", lambda b, o: _tcvae(b, o, "--base", str(b.w.e3)), "differs from it"),
+    ("merge-tcvae-other-experts", lambda b, o: _tcvae(b, o, "--models", f"[{b.w.e1},{b.w.e3}]"), "another set"),
+    ("merge-tcvae-no-base", lambda b, o: _tcvae(b, o, "--base", "null"), "set base"),
+    ("merge-tcvae-delta-weight", lambda b, o: _tcvae(b, o, "--delta", "weight"), "apply it twice"),
+    ("merge-tcvae-ties-delta-latent", lambda b, o: _tcvae(b, o, "--method", "ties", "--delta", "latent"), "not linear"),
+    ("merge-tcvae-rank-fraction", lambda b, o: _tcvae(b, o, "--rank_fraction", "0.25"), "fitted at"),
+    ("merge-tcvae-side-channel", lambda b, o: _tcvae(b, o, "--side_channel", "0.01"), "no side channel"),
+    ("merge-tcvae-no-digests", lambda b, o: _tcvae(b, o, "--codec", str(b.root / "tcvae_no_digests.ckpt")), "refit it"),
+    ("export-task-code-vae", lambda b, o: ["export", "--vae", str(b.tcvae), "--model", str(b.w.e1), "--out", o], "task-vector codes"),
 ]
+
+
+def _tcvae(b, out: str, *args: str) -> list[str]:
+    """merge soup through the task-code VAE on its own base and experts, then `args` (argparse: the last value wins)."""
+    return ["merge", "--method", "soup", "--codec", str(b.tcvae), "--base", str(b.w.base), "--models", f"[{b.w.e1},{b.w.e2}]",
+            "--kinds", "[mlp]", "--progress", "false", "--out", out, *args]
 
 
 def _recipe(text: str, out: str) -> list[str]:
@@ -415,7 +435,7 @@ def _recipe(text: str, out: str) -> list[str]:
 def test_matrix_has_every_command():
     commands = {argv(SimpleNamespace(w=SimpleNamespace(**{k: Path(k) for k in ("e1", "e2", "base", "deep", "text", "e3")}),
                                      **{k: Path(k) for k in ("root", "noconfig", "noconfig2", "nan", "mlp_codec", "deep_a",
-                                                             "deep_b", "wide", "vae", "tv_codec")}), "o")[0] for _, argv, _ in ROWS}
+                                                             "deep_b", "wide", "vae", "tv_codec", "tcvae")}), "o")[0] for _, argv, _ in ROWS}
     assert len(ROWS) >= 60
     assert commands >= {"merge-weights", "merge", "export", "evaluate", "generate", "steer", "sweep", "judge", "inspect",
                         "import-gguf", "fit"}

@@ -12,6 +12,7 @@ from lsmerge.codecs.pca import CODEC_JSON, PCACodec
 from lsmerge.codecs.side_channel import SideChannelCodec, check_fraction
 from lsmerge.data.importance import IMPORTANCE_FILE, ImportanceStats
 from lsmerge.codecs.task_vector import CODEC_JSON as TASK_VECTOR_JSON, TaskVectorCodec
+from lsmerge.codecs.task_code_vae import TaskCodeVAECodec, task_code_data
 from lsmerge.errors import LsMergeError
 from lsmerge.io.ckpt import check_ckpt_path, is_url
 from lsmerge.io.compat import check_finite, model_family, same_family
@@ -21,7 +22,8 @@ from lsmerge.io.store import CheckpointStore
 def load_codec(spec: str, device: str = "cpu", importance: str | None = None, side_channel: float = 0.0) -> Codec:
     """A saved PCA or task-vector codec folder, or a weight-VAE checkpoint (the one place the VAE plugs in).
 
-    A task-vector codec comes back unbound: `bind` it to the merge's base and experts. A codec fitted
+    A task-vector codec, and a VAE fitted on task-vector codes (``data.source: task_codes`` in its
+    checkpoint: a `TaskCodeVAECodec`), come back unbound: `bind` them to the merge's base and experts. A codec fitted
     with importance weighting is loaded with its calibration statistics (`importance`, default
     `importance.safetensors` beside it; the digest must match); with `side_channel` q > 0 a PCA or
     VAE codec is wrapped in a `SideChannelCodec` (saliency from those statistics, or from
@@ -43,10 +45,16 @@ def load_codec(spec: str, device: str = "cpu", importance: str | None = None, si
         return TaskVectorCodec.load(path, device=device)
     else:
         try:
-            from lsmerge.codecs.vae import VAECodec
+            from lsmerge.codecs.vae import VAECodec, read_vae_checkpoint, weight_vae_from
         except ImportError as e:
             raise LsMergeError(f"{path} is not a PCA codec and the VAE codec is unavailable ({e}). Use codec: pca.") from None
-        codec = VAECodec.from_checkpoint(path)
+        ckpt = read_vae_checkpoint(path)
+        if task_code_data(ckpt) is not None:  # a VAE over task-vector codes: bind it to the merge's base and experts
+            if side_channel or importance:
+                raise LsMergeError(f"the VAE {path} was fitted on task-vector codes; it takes no side channel or --importance "
+                                   "(delta: latent corrects its reconstruction error exactly). Drop side_channel / importance.")
+            return TaskCodeVAECodec.from_checkpoint(ckpt, path, device=device)
+        codec = VAECodec(weight_vae_from(ckpt))
         stats = vae_statistics(path, codec, importance)
     return SideChannelCodec(codec, side_channel, stats) if side_channel else codec
 

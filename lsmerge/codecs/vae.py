@@ -44,7 +44,11 @@ def read_vae_checkpoint(path: str | os.PathLike, map_location: str | torch.devic
 
 def load_weight_vae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> WeightVAE:
     """Rebuild a `WeightVAE` from a Lightning checkpoint with `torch.load(weights_only=True)`."""
-    ckpt = read_vae_checkpoint(path, map_location)
+    return weight_vae_from(read_vae_checkpoint(path, map_location))
+
+
+def weight_vae_from(ckpt: dict) -> WeightVAE:
+    """The `WeightVAE` of a checkpoint dict read by `read_vae_checkpoint` (in eval mode)."""
     hp = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in _NOT_INIT_ARGS}
     model = WeightVAE(**hp)
     model.load_state_dict(ckpt["state_dict"])

@@ -28,7 +28,11 @@ import torch
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.hf import resolve_model
+from lsmerge.io.provenance import input_digests
 from lsmerge.io.store import open_checkpoint
+
+#: the data hyper-parameter where a fit on task codes records its inputs' file digests (`TaskCodeReader.input_digests`)
+TASK_CODE_INPUTS = "task_code_inputs"
 
 
 def check_rank_fraction(rank_fraction: float | None, what: str = "rank_fraction") -> float | None:
@@ -137,6 +141,12 @@ class TaskCodeReader:
         out = [coefficients(u, d).cpu() for d in deltas]
         self._last = (name, out)
         return out
+
+    def input_digests(self) -> dict:
+        """{"base": digest, "experts": [digest, ...]} (`lsmerge.io.provenance.input_digests`, sha256 per file): what
+        the codes belong to. A fit stores it under `TASK_CODE_INPUTS` in the data hyper-parameters, so a merge
+        through the VAE (`lsmerge.codecs.task_code_vae`) can refuse another base or other experts."""
+        return {"base": input_digests([self.base.path])[0], "experts": [input_digests([e.path])[0] for e in self.experts]}
 
 
 def task_code_source(base: str, stores: Sequence, selection: Sequence[Sequence[str]], rank_fraction: float | None,

@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 from lsmerge.data import chunking
 from lsmerge.data.importance import WeightedWindows, statistics_for
 from lsmerge.data.resume import ResumableLoader
-from lsmerge.data.task_codes import task_code_source
+from lsmerge.data.task_codes import TASK_CODE_INPUTS, task_code_source
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import KINDS, ArchitectureMap, expand_kinds
 from lsmerge.io.hf import resolve_model
@@ -233,8 +233,7 @@ class WeightChunkDataModule(L.LightningDataModule):
         chunking.check_positive(chunk_size=chunk_size, tokens_per_sample=tokens_per_sample, batch_size=batch_size)
         chunking.check_layout(layout)
         chunking.check_normalization(normalization)
-        if isinstance(checkpoints, str):
-            checkpoints = [checkpoints]
+        checkpoints = [checkpoints] if isinstance(checkpoints, str) else checkpoints
         if not checkpoints:
             raise LsMergeError("data.checkpoints is empty; list at least one checkpoint folder.")
         if not 0.0 <= val_fraction < 1.0:
@@ -270,6 +269,7 @@ class WeightChunkDataModule(L.LightningDataModule):
         self.codes = None
         if source == "task_codes":
             self.codes, self.selection = task_code_source(base, self.stores, self.selection, rank_fraction)
+            self.hparams[TASK_CODE_INPUTS] = self.codes.input_digests()  # in the checkpoint: checked at merge time
         self.tensors = self._tensor_specs()
         self.num_layers = max(self.arch.num_layers(s.names) for s in self.stores)
         self.num_sources = len(self.stores)

@@ -9,7 +9,8 @@ Methods across architectures (`hetero`) run as `hetero.HeteroJob`.
 
 Codecs: `pca` fits a PCA codec (lsmerge.codecs.pca) on the inputs' selected tensors; `task_vector`
 fits the joint-SVD task-vector codec (lsmerge.codecs.task_vector) on the base and the models; a path
-is a saved PCA or task-vector codec or a trained weight-VAE checkpoint (`lsmerge.codecs.load.load_codec`).
+is a saved PCA or task-vector codec or a trained weight-VAE checkpoint (`lsmerge.codecs.load.load_codec`; a VAE
+fitted on task-vector codes is bound to its base and experts: `lsmerge.codecs.task_code_vae`).
 `side_channel` q wraps a PCA or VAE codec in the exact sparse side channel
 (`lsmerge.codecs.side_channel`) for methods linear in their inputs, without delta coding.
 This module checks the arguments against the method's registered traits; it holds no
@@ -165,8 +166,9 @@ def merge(
             base and models: each expert coded by its coefficients U^T (W_i - W_base) in the joint
             SVD basis U of the experts' task matrices, output W_base + U z_merged; needs base), a
             saved PCA or task-vector codec folder (the latter only with the base and experts it
-            was built from) or a trained VAE checkpoint; hetero takes one per side, [target codec, source codec] (`pca`
-            alone fits one per side).
+            was built from) or a trained VAE checkpoint (one fitted on task-vector codes, `data.source: task_codes`,
+            codes W_base + U_r D(z) and takes only the base and experts it was fitted on: lsmerge.codecs.task_code_vae);
+            hetero takes one per side, [target codec, source codec] (`pca` alone fits one per side).
         weights: soup: convex weights (>= 0, sum 1; default uniform); task_arithmetic / ties /
             dare: one weight per model (default 1), scaled by lam.
         lam: lerp and hetero: position in [0, 1] (0 = the first model / the target); self:
@@ -179,7 +181,9 @@ def merge(
         temperature: self: posterior sampling temperature (0 = the posterior mean).
         delta: delta coding: none | weight (encode W_i - W_base, output W_base + D(merged)) |
             latent (output W_base + D(z_merged) - D(z_base); hetero: W_target + D_t(Z) - D_t(Z_target),
-            so the target codec's reconstruction error cancels and lam 0 gives the target).
+            so the target codec's reconstruction error cancels and lam 0 gives the target). Through a VAE on
+            task-vector codes, latent is W_base + U_r (D(z_merged) + sum_i c_i (C_i - D(z_i))) for lerp, soup and
+            task_arithmetic (c_i: the method's coefficients), weight is refused.
         kinds: module kinds or groups encoded by the codec (default [mlp, attn]): the selection. A
             saved or VAE codec must cover every selected tensor (use kinds [mlp] with a VAE trained
             on the MLP) unless allow_partial_codec.

@@ -19,6 +19,7 @@ from lsmerge.codecs.base import SamplingCodec, describe_codec
 from lsmerge.codecs.load import check_codec, fit_pca, load_codec
 from lsmerge.codecs.side_channel import SideChannelCodec
 from lsmerge.data.importance import ImportanceStats
+from lsmerge.codecs.task_code_vae import TaskCodeVAECodec
 from lsmerge.codecs.task_vector import TaskVectorCodec
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import ArchitectureMap
@@ -87,6 +88,9 @@ class HomogeneousJob:
             if isinstance(self.codec, TaskVectorCodec):
                 self._task_vector_checks(delta)
                 self.codec = self.codec.bind(base, models).truncated(cs.rank_fraction, cs.rank)
+            elif isinstance(self.codec, TaskCodeVAECodec):
+                self._task_code_vae_checks(method, delta, cs)
+                self.codec = self.codec.bind(base, models)
             elif cs.rank_fraction is not None:
                 raise LsMergeError("rank_fraction truncates a task-vector codec; this codec is not one. Remove rank_fraction.")
         if cs.save_codec and codec_spec in ("pca", TASK_VECTOR):
@@ -94,7 +98,9 @@ class HomogeneousJob:
         if codec_spec == "pca" and cs.side_channel:
             stats = ImportanceStats.load(cs.importance) if cs.importance else None
             self.codec = SideChannelCodec(self.codec, cs.side_channel, stats)
-        self.side = isinstance(self.codec, SideChannelCodec)
+        # inputs' exact corrections combined with the method's coefficients (`decode_merged`): the side channel,
+        # or delta: latent through a VAE over task-vector codes (lsmerge.codecs.task_code_vae)
+        self.side = isinstance(self.codec, SideChannelCodec) or (isinstance(self.codec, TaskCodeVAECodec) and delta == "latent")
         self.coded = set(check_codec(self.codec, ref, selected, cs.kinds, cs.allow_partial_codec))
         self.report = [f"{len(self.coded)} tensors through the codec ({self.codec!r}), "
                        f"{len(ref.names) - len(self.coded)} by fallback {fallback_method!r}"]
@@ -110,6 +116,19 @@ class HomogeneousJob:
         if delta != "none":
             raise LsMergeError(f"the task-vector codec already codes the difference to the base (decode = W_base + U z); "
                                f"delta: {delta} would apply it twice. Use delta: none.")
+
+    def _task_code_vae_checks(self, method: LatentMethod, delta: str, cs: CodecSettings) -> None:
+        """A VAE over task-vector codes: delta: latent only for a linear method, never delta: weight, no rank_fraction."""
+        if delta == "weight":
+            raise LsMergeError("the task-code VAE already codes the difference to the base (decode = W_base + U D(z)); "
+                               "delta: weight would apply it twice. Use delta: none or latent.")
+        if delta == "latent" and method.linear is None:
+            raise LsMergeError(f"with the task-code VAE, delta: latent corrects each input's reconstruction error with the "
+                               f"method's linear coefficients; {method.name} is not linear in its inputs. Use delta: none, or "
+                               "lerp, soup or task_arithmetic.")
+        if cs.rank_fraction is not None:
+            raise LsMergeError("the task-code VAE keeps the rank_fraction it was fitted at (data.rank_fraction); remove "
+                               "rank_fraction, or fit a VAE at another rank.")
 
     def codec_descriptions(self) -> list:
         return [describe_codec(self.codec)]
@@ -174,9 +193,9 @@ class HomogeneousJob:
         latents = [codec.encode(name, t) for t in ts]
         base_latent = codec.encode(name, b) if b is not None and (m.needs_base or self.delta == "latent") else None
         merged = apply(m, latents, base_latent, p)
-        if self.delta == "latent":
-            return residual_decode(codec, name, b, base_latent, merged)
         if self.side:  # inputs, then the base when the method takes one
             inputs = latents + ([base_latent] if m.needs_base else [])
             return codec.decode_merged(name, merged, inputs, m.linear_coefficients(p, len(latents)))
+        if self.delta == "latent":
+            return residual_decode(codec, name, b, base_latent, merged)
         return codec.decode(name, merged)

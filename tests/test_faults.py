@@ -177,9 +177,26 @@ console(sys.argv[1:])
 """
 
 
-def _start(argv: list[str], cwd: Path, slow: bool) -> subprocess.Popen:
+# `lsmerge evaluate` whose scoring of each (model, text) sleeps 100 ms first: a command that computes
+# for seconds before it writes anything, however fast the machine (a plain run of 100 tiny models
+# could end before the test saw its first progress line and sent the signal).
+SLOW_SCORER = """
+import sys, time
+import lsmerge.evaluate.perplexity_command as pc
+_nlls = pc.window_nlls
+def _slow_nlls(*a, **k):
+    time.sleep(0.1)
+    return _nlls(*a, **k)
+pc.window_nlls = _slow_nlls
+from lsmerge.cli import console
+console(sys.argv[1:])
+"""
+
+
+def _start(argv: list[str], cwd: Path, slow: bool | str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-c", SLOW_WRITER, *argv] if slow else [sys.executable, "-m", "lsmerge.cli", *argv]
+    harness = SLOW_SCORER if slow == "scorer" else SLOW_WRITER if slow else None
+    cmd = [sys.executable, "-c", harness, *argv] if harness else [sys.executable, "-m", "lsmerge.cli", *argv]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -237,7 +254,7 @@ def test_signals_while_writing(name, tiny_world, vae_fit_run, vae_llama, prompts
 def test_sigterm_before_any_output_is_a_generic_line(tiny_world, tmp_path):
     """A signal while the command computes (no write begun) still ends in one line and 143."""
     proc = _start(["evaluate", "--models", json.dumps([str(tiny_world.e1)] * 100), "--texts", f"[{tiny_world.text}]",
-                   "--out", "new/ppl"], tmp_path, slow=False)  # fmt: skip
+                   "--out", "new/ppl"], tmp_path, slow="scorer")  # fmt: skip
     seen = []
     reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
     reader.start()

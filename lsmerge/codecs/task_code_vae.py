@@ -49,7 +49,7 @@ from lsmerge.codecs.task_vector import TaskVectorCodec
 from lsmerge.data.chunking import tensor_stats
 from lsmerge.data.task_codes import TASK_CODE_INPUTS
 from lsmerge.errors import LsMergeError
-from lsmerge.io.provenance import input_digests
+from lsmerge.io.provenance import content_key, input_digests
 
 TASK_CODES = "task_codes"  # data.source of a VAE fitted on task-vector codes
 _STD_FLOOR = float(tensor_stats(torch.zeros(1))[1])  # the std of an all-zero block (chunking's floor)
@@ -70,10 +70,6 @@ class CodeLatent(TensorLatent):
 
     def with_z(self, z: torch.Tensor, norm: torch.Tensor | None = None) -> TensorLatent:
         return replace(super().with_z(z, norm), code=None)
-
-
-def _content(digest: dict) -> tuple:
-    return tuple((f["file"], f["sha256"]) for f in digest["files"])
 
 
 class TaskCodeVAECodec:
@@ -118,12 +114,12 @@ class TaskCodeVAECodec:
                                f"experts ({TASK_CODE_INPUTS}), so this merge's inputs cannot be checked against them. Refit it "
                                f"on its {self._trained_on()}.")
         got_base = input_digests([base.path])[0]
-        if _content(got_base) != _content(self.sources["base"]):
+        if content_key(got_base) != content_key(self.sources["base"]):
             raise LsMergeError(f"the task-code VAE {self.path} was fitted on codes against base {self.sources['base']['input']!r}, "
                                f"but this merge's base {got_base['input']!r} differs from it (file digests): the codes would "
                                f"be differences to another base in another basis. {fix}")
         got = [input_digests([e.path])[0] for e in experts]
-        if sorted(_content(d) for d in got) != sorted(_content(d) for d in self.sources["experts"]):
+        if sorted(content_key(d) for d in got) != sorted(content_key(d) for d in self.sources["experts"]):
             raise LsMergeError(f"the task-code VAE {self.path} was fitted on the codes of experts "
                                f"{[d['input'] for d in self.sources['experts']]}, but this merge gives "
                                f"{[d['input'] for d in got]}, another set (file digests): the joint basis spans its "

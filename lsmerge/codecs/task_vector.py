@@ -48,15 +48,10 @@ from lsmerge.data.task_codes import (
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import ArchitectureMap
 from lsmerge.io.atomic import atomic_paths
-from lsmerge.io.provenance import input_digests
+from lsmerge.io.provenance import content_key, input_digests
 
 CODEC_JSON = "task_vector_codec.json"
 CODEC_TENSORS = "task_vector_codec.safetensors"
-
-
-def _content(digest: dict) -> tuple:
-    """What identifies an input by content: its (file, sha256) pairs, not its folder name."""
-    return tuple((f["file"], f["sha256"]) for f in digest["files"])
 
 
 class TaskVectorCodec:
@@ -168,12 +163,12 @@ class TaskVectorCodec:
         if self.sources is not None:
             given = self._digests(base, experts)
             want_b, got_b = self.sources["base"], given["base"]
-            if _content(want_b) != _content(got_b):
+            if content_key(want_b) != content_key(got_b):
                 raise LsMergeError(f"the task-vector codec was built on base {want_b['input']!r}, but this merge's base "
                                    f"{got_b['input']!r} differs from it (file digests): its codes are differences to "
                                    "another base. Use the base it was built on, or fit a codec on these models (codec: task_vector).")
-            want = sorted(_content(d) for d in self.sources["experts"])
-            if sorted(_content(d) for d in given["experts"]) != want:
+            want = sorted(content_key(d) for d in self.sources["experts"])
+            if sorted(content_key(d) for d in given["experts"]) != want:
                 raise LsMergeError(
                     f"the task-vector codec was built from experts {[d['input'] for d in self.sources['experts']]}, but this "
                     f"merge gives {[d['input'] for d in given['experts']]}, another set (file digests): its basis spans only "

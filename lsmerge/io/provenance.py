@@ -49,6 +49,11 @@ def input_digests(inputs: Iterable[str | os.PathLike]) -> list[dict]:
     return out
 
 
+def content_key(digest: dict) -> tuple:
+    """What identifies one `input_digests` entry by content: its (file, sha256) pairs, not its folder name."""
+    return tuple((f["file"], f["sha256"]) for f in digest["files"])
+
+
 def redact_url(url: str | None) -> str | None:
     """`url` without credentials: user:password@ dropped, secret-looking query values replaced."""
     if not url:

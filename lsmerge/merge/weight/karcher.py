@@ -130,10 +130,9 @@ def karcher(tensors: Sequence[torch.Tensor], alphas: Sequence[float] | None = No
     # low on large tensors (-8.5e-6 relative at 884,736 entries, -1.6e-3 at 28M here); its mean
     # is normalised by the same norm. Both are taken here too, so the scale matches theirs.
     norm_t = [torch.linalg.vector_norm(x.to(dtype)) for x in tensors]
-    norms = [float(v) for v in norm_t]
     if iterate == "mergekit":
         return _karcher_on_tensors(tensors, alphas, max_iter, tol, dtype, norm_t)
-    coefs, start = karcher_coefficients(gram(tensors), alphas, max_iter, tol, dtype, norms)
+    coefs, start = karcher_coefficients(gram(tensors), alphas, max_iter, tol, dtype, [float(v) for v in norm_t])
     if start is None:
         return combine(coefs, tensors, dtype)
     # no step from the start: mergekit's result is scale * s / |s| with s = sum_i alpha_i

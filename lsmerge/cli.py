@@ -72,6 +72,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "importance": ("lsmerge.importance:importance",
                    "Collect per-column input second moments of a model's linear layers over calibration text (codec "
                    "output weighting and the exact side channel)."),
+    "perturb": ("lsmerge.perturb:perturb",
+                "Write a checkpoint with some tensors perturbed in a known way (iid or |w|-proportional noise of a "
+                "given relative error, int8 / int4 rounding): the noise reference a codec is measured against."),
 }
 
 

@@ -47,39 +47,8 @@ import torch
 LEVELS = (0.005, 0.01, 0.024, 0.05, 0.10)
 
 
-# -- perturbations (pure) ------------------------------------------------------------------------
-def iid_noise(w: torch.Tensor, e: float, g: torch.Generator, keep_top: float = 0.0) -> torch.Tensor:
-    """W + E, E iid Gaussian scaled so ||E||_F = e ||W||_F; the top `keep_top` of |W| untouched."""
-    n = torch.randn(w.shape, generator=g, dtype=torch.float64)
-    if keep_top > 0:
-        k = max(1, math.ceil(keep_top * w.numel()))
-        idx = w.abs().flatten().topk(k).indices
-        n.view(-1)[idx] = 0
-    w64 = w.double()
-    return (w64 + e * w64.norm() / n.norm() * n).to(w.dtype)
-
-
-def proportional_noise(w: torch.Tensor, e: float, g: torch.Generator) -> torch.Tensor:
-    """W + c |W| N, c chosen so ||E||_F = e ||W||_F."""
-    w64 = w.double()
-    n = w64.abs() * torch.randn(w.shape, generator=g, dtype=torch.float64)
-    return (w64 + e * w64.norm() / n.norm() * n).to(w.dtype)
-
-
-def int8_rows(w: torch.Tensor) -> torch.Tensor:
-    """Symmetric per-row round-to-nearest int8: scale max|row| / 127."""
-    s = w.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / 127
-    return (w / s).round().clamp(-127, 127) * s
-
-
-def int4_groups(w: torch.Tensor, group: int = 64) -> torch.Tensor:
-    """Symmetric round-to-nearest int4 per group of `group` values of a row (levels -7..7)."""
-    rows, cols = w.shape
-    pad = -cols % group
-    x = torch.nn.functional.pad(w, (0, pad)).view(rows, -1, group)
-    s = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / 7
-    q = (x / s).round().clamp(-7, 7) * s
-    return q.view(rows, -1)[:, :cols]
+# -- perturbations (pure; lsmerge.evaluate.noise_reference, also behind `lsmerge perturb`) ---------
+from lsmerge.evaluate.noise_reference import int4_groups, int8_rows, iid_noise, proportional_noise  # noqa: E402
 
 
 class RoundingCodec:

@@ -73,6 +73,8 @@ def _plan(root: Path, paths: dict) -> dict:
     rows = [
         {"group": "recon", "name": "base", "model": "{base}"},
         {"group": "recon", "name": "VAE ratio 2", "command": "export", "args": {"vae": "{vae:r2}", "model": "{base}"}},
+        {"group": "recon", "name": "iid noise 5 %", "command": "perturb", "control": "reference",
+         "args": {"model": "{base}", "perturbation": "iid", "level": 0.05}},
         {"group": "recon", "name": "PCA full rank", "command": "merge", "config": "configs/merge/self_merge.yaml",
          "args": {"models": ["{base}"], "temperature": 0.0, "delta": "none", **pca, "rank": 32}},
         {"group": "self", "name": "LS-Merge self-merge", "command": "merge", "config": "configs/merge/self_merge.yaml",
@@ -118,6 +120,7 @@ def _plan(root: Path, paths: dict) -> dict:
         "bootstrap": {"resamples": 200},
         "domain_experts": {"shakespeare": "expert 1", "python": "expert 2"},
         "references": {"experts": "best-weight-space"},
+        "weight_error": {"recon": {"kinds": ["mlp"]}},
         "groups": {"recon": "1. Reconstruction", "self": "2. Self-merge", "experts": "3. Experts", "hetero": "4. Heterogeneous", "layers": "5. Layers"},
         "rows": rows,
         "sweep": {"base": "{base}", "fine_tuned": ["{expert1}"], "text": str(root / "corpora/shakespeare/test.txt"),
@@ -155,6 +158,14 @@ def test_pipeline_end_to_end_and_cached(world, tmp_path):
         assert ppl("experts-linear-0.0", c) == pytest.approx(ppl("experts-expert-1", c), rel=1e-5)
         assert ppl("recon-pca-full-rank", c) == pytest.approx(ppl("recon-base", c), rel=1e-3)
         assert all(v["corpora"][c]["perplexity"] > 1 for v in scores.values())
+    # the reconstruction section states each row's relative MLP weight error against the base
+    recon = text[text.index("## 1. Reconstruction"):text.index("## 2. Self-merge")]
+    assert "| row | weight error (mlp) | shakespeare |" in recon
+    cells = {line.split(" | ")[0].lstrip("| ").split(" *(")[0].replace(" (reference)", "").strip("*"): line.split(" | ")[1]
+             for line in recon.splitlines() if line.startswith("| ") and not line.startswith(("| row |", "| ---"))}
+    assert cells["base"] == "0 %" and cells["iid noise 5 %"] == "5 %", cells
+    assert float(cells["VAE ratio 2"].split(" %")[0]) > 0
+    assert "control: known perturbation, the noise reference" in recon
     # the VAE fit ran from the derived config, and its checkpoint was used
     assert (root / "out/vae/r2/done.json").is_file() and (root / "out/models/recon-vae-ratio-2/config.json").is_file()
     # second run: nothing is trained, built, scored, generated or judged again
@@ -187,6 +198,55 @@ def test_shipped_plan_has_control_rows_and_the_evaluation_settings(plan_file):
         assert plan.row(name).control == "input"
 
 
+def test_vae_run_overrides_set_dotted_keys_and_a_missing_section_is_refused(world, tmp_path):
+    base = {"trainer": {}, "data": {"chunk_size": 64}, "model": {"latent_dim": 32}}
+    cfg = derive_fit_config(base, ratio=1, minutes=1, out_dir="o", overrides={"model.output_weighting": True, "data.importance": "f"})
+    assert cfg["model"]["output_weighting"] is True and cfg["data"]["importance"] == "f" and "output_weighting" not in base["model"]
+    root, paths = world
+    plan = _plan(root, paths)
+    plan["out_dir"] = str(tmp_path / "never")
+    plan["vae_runs"][0]["overrides"] = {"modle.output_weighting": True}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    with pytest.raises(LsMergeError, match="the base config has no section 'modle'"):
+        load_plan(path)
+    assert not (tmp_path / "never").exists()
+
+
+def test_byte_identical_checkpoints_share_one_score_and_a_changed_one_is_scored(world, tmp_path):
+    """Scoring is deterministic in the files, so a row whose checkpoint is byte-identical to one scored
+    before (its provenance aside) reuses that score and says whose it is; one changed tensor is scored anew."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    root, paths = world
+    copy, changed = tmp_path / "copy", tmp_path / "changed"
+    shutil.copytree(paths["expert1"], copy)
+    shutil.copytree(paths["expert1"], changed)
+    (copy / "README.md").write_text("written by another command")  # the model card is not part of the content
+    resaved = load_file(copy / "model.safetensors")  # nor is the header metadata, where lsmerge records its command
+    save_file(resaved, copy / "model.safetensors", metadata={"format": "pt", "lsmerge_config": "{\"command\": \"other\"}"})
+    weights = load_file(changed / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1.0
+    save_file(weights, changed / "model.safetensors", metadata={"format": "pt"})
+    plan = _plan(root, {**paths, "copy": str(copy), "changed": str(changed)})
+    plan.update(rows=[{"group": "g", "name": "expert 1", "model": "{expert1}"}, {"group": "g", "name": "copy", "model": "{copy}"},
+                      {"group": "g", "name": "changed", "model": "{changed}"}],
+                vae_runs=[], sweep=None, inspect=[], judge=None, domain_experts={}, references={}, weight_error={},
+                out_dir=str(tmp_path / "out"), results=str(tmp_path / "R.md"))  # fmt: skip
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    said = []
+    Runner(load_plan(path), say=said.append).run()
+    assert "score copy: same files as 'expert 1', its score reused" in said and "score changed" in said
+    scores = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "out/scores").glob("*.json")}
+    assert scores["g-copy"]["same_as"] == "expert 1" and "same_as" not in scores["g-changed"]
+    assert scores["g-copy"]["corpora"] == scores["g-expert-1"]["corpora"]
+    assert scores["g-changed"]["corpora"]["python"]["nll"] != scores["g-expert-1"]["corpora"]["python"]["nll"]
+
+
 def test_derived_fit_config_and_ratio():
     base = {"trainer": {"max_steps": 3000}, "data": {"chunk_size": 64, "layers": [0]}, "model": {"latent_dim": 32}}
     cfg = derive_fit_config(base, ratio=1.6, minutes=7.5, out_dir="x/y", steps_per_minute=100)
@@ -215,6 +275,10 @@ def test_derived_fit_config_and_ratio():
         (lambda p: p["rows"][0].update(control="maybe"), "control 'maybe' is not one of"),
         (lambda p: p["bootstrap"].update(resamples=0), "bootstrap needs resamples >= 1"),
         (lambda p: p["eval"].update(min_tokens=10**6), "gives 64 tokens to score"),
+        (lambda p: p["weight_error"].update(nowhere={}), "weight_error.nowhere: no row has group 'nowhere'"),
+        (lambda p: p["weight_error"].update(recon={"against": "TIES"}), "against 'TIES' is not a row of that group"),
+        (lambda p: p["weight_error"].update(recon={"against": "VAE ratio 2"}), "must come before the group's other rows"),
+        (lambda p: p["weight_error"].update(recon={"kind": ["mlp"]}), "keys among"),
     ],
 )
 def test_bad_plans_are_refused_before_any_work(world, tmp_path, change, message):

@@ -108,16 +108,20 @@ class Runner:
     def train_vaes(self) -> None:
         for run in self.plan.vae_runs:
             d = self.plan.vae_dir(run.name)
+            overrides = substitute(run.overrides, self.names)
             cfg = {"base_config": run.base_config, "ratio": run.ratio, "minutes": run.minutes,
                    "steps_per_minute": run.steps_per_minute, "layers": run.layers,
                    "base_digest": _file_digest(run.base_config)}  # fmt: skip
+            if overrides:  # with the digests of the files they name (importance statistics), so new ones refit
+                cfg["overrides"] = overrides
+                cfg["override_files"] = {v: _file_digest(v) for v in overrides.values() if isinstance(v, str) and Path(v).is_file()}
             done = _read_json(d / "done.json")
             if done and done.get("spec") == cfg and (d / "last.ckpt").is_file():
                 continue
             if d.exists():
                 shutil.rmtree(d)  # a partial or outdated run of ours: start it again
             path = write_fit_config(run.base_config, d, ratio=run.ratio, minutes=run.minutes,
-                                    steps_per_minute=run.steps_per_minute, layers=run.layers)  # fmt: skip
+                                    steps_per_minute=run.steps_per_minute, layers=run.layers, overrides=overrides)  # fmt: skip
             self.say(f"VAE {run.name}: lsmerge fit --config {path} ({run.minutes} min)")
             seconds = run_lsmerge(["fit", "--config", str(path)], d / "fit.log")
             _write_json(d / "done.json", {"spec": cfg, "seconds": seconds})
@@ -131,8 +135,9 @@ class Runner:
         if row.config:
             argv += ["--config", row.config]
         args = substitute(row.args, self.names)
-        if row.command in ("merge", "merge-weights"):
+        if row.command in ("merge", "merge-weights", "perturb"):
             args.setdefault("seed", self.row_seed(row))
+        if row.command in ("merge", "merge-weights"):
             args.setdefault("progress", False)
         return argv + _flags(args) + ["--out", str(out)]
 
@@ -192,17 +197,47 @@ class Runner:
 
     def score(self, row: Row, built: dict) -> dict:
         """Perplexity per corpus, cached: {corpus: {"perplexity", "nll", "tokens", "window_nll",
-        "window_tokens"}}, "seconds"."""
+        "window_tokens"}}, "seconds". A checkpoint whose files are byte-identical to one scored
+        before (a curve at t = 0 is its first input) reuses that score: scoring is deterministic
+        in the weights, config and tokenizer, and the record says whose score it is ("same_as")."""
         settings = self.eval_settings()
         key = _digest([built["key"], settings, SCORES_FORMAT])
         path = self.out / "scores" / f"{row.slug}.json"
         cached = _read_json(path)
         if cached and cached.get("key") == key:
             return cached
+        content = _digest([checkpoint_content_key(built["path"]), settings, SCORES_FORMAT]) if built.get("path") else None
+        shared = self.out / "scores" / "by-content" / f"{content}.json"
+        same = _read_json(shared) if content else None
+        if same and (prior := _read_json(self.out / "scores" / f"{same['slug']}.json")) and prior.get("content") == content:
+            self.say(f"score {row.name}: same files as {same['row']!r}, its score reused")
+            result = {**prior, "key": key, "same_as": same["row"], "seconds": 0.0}
+            _write_json(path, result)
+            return result
         self.say(f"score {row.name}")
         start = time.perf_counter()
-        result = {"key": key, "corpora": score_model(built, settings)}
+        result = {"key": key, "content": content, "corpora": score_model(built, settings)}
         result["seconds"] = time.perf_counter() - start
+        _write_json(path, result)
+        if content:
+            _write_json(shared, {"row": row.name, "slug": row.slug})
+        return result
+
+    def weight_error(self, row: Row, built: dict, against: dict) -> dict | None:
+        """Relative error of a row's weights against the section's `weight_error.against` row, over
+        the tensors of `weight_error.kinds` (cached): sqrt(sum ||W - W_ref||^2 / sum ||W_ref||^2), and
+        with `weight_error.importance` the output-weighted one (columns weighted by h_j). None for a
+        hidden-state row (no weights) or a group without `weight_error`."""
+        spec = self.plan.weight_error.get(row.group)
+        if not spec or not built.get("path") or not against.get("path"):
+            return None
+        imp = spec.get("importance")
+        key = _digest([built["key"], against["key"], spec, _file_digest(imp) if imp else None])
+        path = self.out / "errors" / f"{row.slug}.json"
+        cached = _read_json(path)
+        if cached and cached.get("key") == key:
+            return cached
+        result = {"key": key, **weight_errors(against["path"], built["path"], spec.get("kinds") or ["mlp"], imp)}
         _write_json(path, result)
         return result
 
@@ -288,7 +323,9 @@ class Runner:
             b = self.build(row)
             built[row.name] = b
             s = self.score(row, b)
-            records.append({"row": row, "built": b, "scores": s})
+            spec = self.plan.weight_error.get(row.group)
+            against = spec and built.get(spec.get("against") or self.plan.first_row(row.group).name)
+            records.append({"row": row, "built": b, "scores": s, "error": self.weight_error(row, b, against) if against else None})
             ppl = ", ".join(f"{c} {v['perplexity']:.4g}" for c, v in s["corpora"].items())
             self.say(f"  {row.group} / {row.name}: {ppl}")
         extras = {"sweep": self.sweep(), "kurtosis": self.inspect(), "judge": self.judge(built)}
@@ -302,6 +339,60 @@ def _checkpoint_key(path: str, row: Row) -> str:
         raise LsMergeError(f"row {row.name!r}: {p} is not a checkpoint folder (no config.json).")
     files = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in p.glob("*.safetensors"))
     return _digest([str(p), files])
+
+
+#: files of a checkpoint folder that describe how it was made, not what it computes
+_PROVENANCE_FILES = ("README.md",)
+
+
+def checkpoint_content_key(path: str) -> str:
+    """Digest of what a checkpoint folder computes: every safetensors tensor's name, dtype, shape and
+    data bytes (in name order, across shards; not the header metadata, where lsmerge records the
+    command that wrote it), and the bytes of every other file except the model card and the shard
+    index (config, generation config, tokenizer, chat template, any other weight file)."""
+    from lsmerge.io.store import _safetensors_header
+
+    p = Path(path)
+    h = hashlib.sha256()
+    tensors = {}
+    for f in sorted(p.glob("*.safetensors")):
+        header, start = _safetensors_header(f)
+        tensors.update({n: (f, start, m) for n, m in header.items() if n != "__metadata__"})
+    for name in sorted(tensors):
+        f, start, meta = tensors[name]
+        lo, hi = (int(v) for v in meta["data_offsets"])
+        h.update(json.dumps([name, meta["dtype"], meta["shape"]]).encode())
+        with open(f, "rb") as fh:
+            fh.seek(start + lo)
+            left = hi - lo
+            while left:
+                block = fh.read(min(left, 1 << 24))
+                h.update(block)
+                left -= len(block)
+    for f in sorted(p.iterdir()):
+        if f.is_file() and f.suffix != ".safetensors" and f.name not in _PROVENANCE_FILES and not f.name.endswith(".safetensors.index.json"):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def weight_errors(reference: str, model: str, kinds: list[str], importance: str | None) -> dict:
+    """{"relative_error", "output_weighted_error", "tensors"} of `model` against `reference` over the
+    reference's tensors of `kinds` (`lsmerge.evaluate.noise_reference.relative_errors`)."""
+    from lsmerge.data.importance import ImportanceStats
+    from lsmerge.data.weight_datamodule import select_tensors
+    from lsmerge.evaluate.noise_reference import relative_errors
+    from lsmerge.io.archmap import ArchitectureMap
+    from lsmerge.io.store import open_checkpoint
+
+    ref, mod = open_checkpoint(reference), open_checkpoint(model)
+    stats = ImportanceStats.load(importance) if importance else None
+    names = select_tensors(ref, ArchitectureMap.from_config(ref.config, where=ref.path), kinds)
+    missing = [n for n in names if n not in mod or mod.shape(n) != ref.shape(n)]
+    if missing:
+        raise LsMergeError(f"weight error of {model} against {reference}: {len(missing)} of the {kinds} tensors are missing "
+                           f"or of another shape, e.g. {missing[0]}; compare checkpoints of one architecture.")
+    pairs = ((n, ref.get(n), mod.get(n), stats.for_tensor(n, ref.shape(n)) if stats else None) for n in names)
+    return {**relative_errors(pairs), "tensors": len(names)}
 
 
 def _corpus_ids(tokenizer, settings: dict, corpus: str, who: str) -> torch.Tensor:

@@ -16,6 +16,8 @@ named paths as `{name}`: the plan's `models` and, for each VAE run, `{vae:<run n
       - {argv: [lsmerge, fetch], creates: checkpoints/base/smollm2-135m-instruct/config.json}
     vae_runs:                           # `lsmerge fit` of a derived config (lsmerge.results.vae_runs)
       - {name: r2-30min, base_config: configs/vae/smollm2_mlp.yaml, ratio: 2, minutes: 30}
+      - {name: r1w, base_config: ..., ratio: 1, minutes: 8,      # `overrides`: dotted keys of the fit
+         overrides: {data.importance: FILE, model.output_weighting: true}}   # config ({names} allowed)
     eval: {corpora: [shakespeare, python], split: test, max_tokens: 16384, max_length: 512, stride: 512}
                                         # max_tokens: per corpus, all of a smaller split (default 16384);
                                         # min_tokens: fewer scored tokens in a corpus is an error
@@ -25,10 +27,16 @@ named paths as `{name}`: the plan's `models` and, for each VAE run, `{vae:<run n
     references: {experts: best-weight-space, reconstruction: base}   # the row each section is compared
                                         # with (default: its first row); best-weight-space: the section's
                                         # best non-control merge-weights row
+    weight_error: {reconstruction: {kinds: [mlp], importance: FILE}}   # a column with each row's relative
+                                        # weight error against the group's first row (or `against:`), and
+                                        # output-weighted by h_j with `importance` (lsmerge importance)
     groups: {reconstruction: "1. Reconstruction", ...}   # section titles, in order
     rows:
       - {group: reconstruction, name: base, model: "{base}", control: input}   # control: input | zero | codec
+                                                                               # | reference (lsmerge perturb)
       - {group: reconstruction, name: VAE ratio 2, command: export, args: {vae: "{vae:r2-30min}", model: "{base}"}}
+      - {group: reconstruction, name: iid 2.4 %, command: perturb, control: reference,
+         args: {model: "{base}", perturbation: iid, level: 0.024}}
       - {group: experts, name: TIES, command: merge-weights, config: configs/merge_weights/ties.yaml,
          args: {models: ["{expert1}", "{expert2}"]}, curve: null}
       - {group: experts, name: hidden SLERP, hidden: {base: "{expert1}", source: "{expert2}",
@@ -51,10 +59,12 @@ import yaml
 
 from lsmerge.errors import LsMergeError
 
-ROW_COMMANDS = ("merge", "merge-weights", "export")
+ROW_COMMANDS = ("merge", "merge-weights", "export", "perturb")
 HIDDEN_KEYS = {"base", "source", "operator", "mix_layer", "beta"}
-#: control rows: an input as it is; a curve at lambda / t / beta = 0; a codec's encode-decode without merging
-CONTROLS = {"input": "input as it is", "zero": "lambda / t / beta = 0", "codec": "encode-decode, no merge"}
+#: control rows: an input as it is; a curve at lambda / t / beta = 0; a codec's encode-decode without merging;
+#: a known perturbation (`lsmerge perturb`: the noise reference a codec's error is read against)
+CONTROLS = {"input": "input as it is", "zero": "lambda / t / beta = 0", "codec": "encode-decode, no merge",
+            "reference": "known perturbation, the noise reference"}
 BEST_WEIGHT_SPACE = "best-weight-space"
 DEFAULT_BOOTSTRAP = {"resamples": 2000, "confidence": 0.95}
 
@@ -89,6 +99,8 @@ class VAERun:
     minutes: float
     steps_per_minute: int = 500
     layers: list[int] | None = None
+    overrides: dict = field(default_factory=dict)  # dotted config keys set on the derived config, e.g.
+    # {data.importance: FILE, model.output_weighting: true}
 
 
 @dataclass
@@ -112,6 +124,9 @@ class Plan:
     bootstrap: dict = field(default_factory=dict)  # resamples, confidence (DEFAULT_BOOTSTRAP)
     domain_experts: dict[str, str] = field(default_factory=dict)  # corpus -> row name of its own expert
     references: dict[str, str] = field(default_factory=dict)  # group -> row name or BEST_WEIGHT_SPACE
+    # group -> {against: row name (default: the group's first row), kinds: [mlp], importance: FILE}: each
+    # row's relative weight error against that row (and output-weighted with the importance statistics)
+    weight_error: dict[str, dict] = field(default_factory=dict)
 
     def vae_dir(self, name: str) -> Path:
         return Path(self.vae_root or Path(self.out_dir) / "vae") / name
@@ -121,6 +136,9 @@ class Plan:
         out = dict(self.models)
         out.update({f"vae:{r.name}": str(self.vae_dir(r.name) / "last.ckpt") for r in self.vae_runs})
         return out
+
+    def first_row(self, group: str) -> Row:
+        return next(r for r in self.rows if r.group == group)
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -171,6 +189,31 @@ def _check_row(r: Row, where: str) -> None:
         raise LsMergeError(f"{where}: curve and x go together.")
     if r.control is not None and r.control not in CONTROLS:
         raise LsMergeError(f"{where}: control {r.control!r} is not one of {sorted(CONTROLS)}.")
+
+
+WEIGHT_ERROR_KEYS = {"against", "kinds", "importance"}
+
+
+def _check_weight_error(plan: Plan, p: Path) -> None:
+    """weight_error names groups of the plan, known keys and a row of the group that comes before the
+    rows it is compared with (it is built first)."""
+    for group, spec in plan.weight_error.items():
+        where = f"results plan {p}: weight_error.{group}"
+        if not isinstance(spec, dict) or set(spec) - WEIGHT_ERROR_KEYS:
+            raise LsMergeError(f"{where}: give a mapping with keys among {sorted(WEIGHT_ERROR_KEYS)}, got {spec!r}.")
+        rows = [r for r in plan.rows if r.group == group]
+        if not rows:
+            raise LsMergeError(f"{where}: no row has group {group!r} (groups: {sorted({r.group for r in plan.rows})}).")
+        against = spec.get("against") or rows[0].name
+        if against not in [r.name for r in rows]:
+            raise LsMergeError(f"{where}: against {against!r} is not a row of that group.")
+        ref = next(r for r in rows if r.name == against)
+        if ref.hidden is not None:
+            raise LsMergeError(f"{where}: against {against!r} is a hidden-state row (no weights); name a checkpoint row.")
+        for r in plan.rows:
+            if r.group == group and r is not ref and plan.rows.index(r) < plan.rows.index(ref):
+                raise LsMergeError(f"{where}: against {against!r} must come before the group's other rows (row {r.name!r} "
+                                   "is listed first); move it up.")
 
 
 def _check_evaluation(plan: Plan, p: Path) -> None:
@@ -243,4 +286,13 @@ def load_plan(path: str | Path) -> Plan:
             raise LsMergeError(f"results plan {p}: judge pair {pair!r} must be [row A, row B] (quote names that contain commas).")
         plan.row(pair[0]), plan.row(pair[1])
     _check_evaluation(plan, p)
+    _check_weight_error(plan, p)
+    for run in plan.vae_runs:  # overrides name sections of the base config (checked before any work)
+        if run.overrides:
+            from lsmerge.results.vae_runs import derive_fit_config
+
+            if not Path(run.base_config).is_file():
+                raise LsMergeError(f"results plan {p}: VAE run {run.name}: base config {run.base_config} does not exist.")
+            derive_fit_config(yaml.safe_load(Path(run.base_config).read_text()), ratio=run.ratio, minutes=run.minutes,
+                              out_dir="-", overrides=substitute(run.overrides, names))
     return plan

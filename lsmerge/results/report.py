@@ -53,6 +53,16 @@ def _summary_cell(iv: Interval | None) -> str:
     return "" if iv is None else f"{iv.estimate:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
 
 
+def _error_cell(err: dict | None) -> str:
+    """"2.4 %" or "2.4 %, 2.0 %" (relative, output-weighted); empty for a row without weights."""
+    if not err:
+        return ""
+    cell = f"{100 * err['relative_error']:.3g} %"
+    if err.get("output_weighted_error") is not None:
+        cell += f", {100 * err['output_weighted_error']:.3g} %"
+    return cell
+
+
 def row_label(row: Row) -> str:
     return row.name + (f" *(control: {CONTROLS[row.control]})*" if row.control else "")
 
@@ -194,7 +204,11 @@ def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict) 
         if not recs:
             continue
         sc = sections[group] = compare_section(plan, group, recs, corpora, settings.get("seed", 0))
-        head = "| row | " + " | ".join(corpora) + (" | summary [95 %]" if sc.summary else "") + " | produced by | seed | time (s) |"
+        spec = plan.weight_error.get(group)
+        err_head = (f" | weight error ({', '.join(spec.get('kinds') or ['mlp'])}){', output-weighted' if spec.get('importance') else ''}"
+                    if spec else "")  # fmt: skip
+        head = ("| row" + err_head + " | " + " | ".join(corpora) + (" | summary [95 %]" if sc.summary else "")
+                + " | produced by | seed | time (s) |")
         lines += ["", f"## {title}", "", head, "|" + " --- |" * head.count(" | ")]
         for r in sc.records:
             row, sc_c = r["row"], r["scores"]["corpora"]
@@ -205,6 +219,8 @@ def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict) 
             seed = "" if row.model is not None or row.hidden is not None or row.command == "export" else str(plan.seed if row.seed is None else row.seed)
             t = r["built"]["seconds"]
             name = f"**{row_label(row)}** (reference)" if is_ref else row_label(row)
+            if spec:
+                name += f" | {_error_cell(r.get('error'))}"
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {produced_by(row)} | {seed} | {'' if t is None else f'{t:.1f}' if t < 10 else f'{t:.0f}'} |")
     if extras.get("judge"):
         lines += ["", "## Pairwise judge", "",

@@ -2,7 +2,7 @@
 
 A run is the shipped recipe with four things changed: the selection (all MLP tensors), the
 latent size (compression ratio = chunk_size / latent_dim), the wall-clock budget and the
-output folder. The derived YAML is written into the run folder, so the table can name the
+output folder; a run's `overrides` (dotted keys, e.g. `model.output_weighting`) are set last. The derived YAML is written into the run folder, so the table can name the
 exact config that produced each row.
 """
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from lsmerge.errors import LsMergeError
+
 
 def latent_dim_for(chunk_size: int, ratio: float) -> int:
     """latent_dim giving compression ratio chunk_size / latent_dim closest to `ratio`."""
@@ -22,7 +24,7 @@ def latent_dim_for(chunk_size: int, ratio: float) -> int:
 
 
 def derive_fit_config(base: dict, *, ratio: float, minutes: float, out_dir: str,
-                      steps_per_minute: int = 500, layers=None) -> dict:
+                      steps_per_minute: int = 500, layers=None, overrides: dict | None = None) -> dict:
     """The base recipe (a parsed YAML dict) turned into one run of the table.
 
     max_steps is set to minutes * steps_per_minute so the cosine learning-rate schedule
@@ -44,6 +46,15 @@ def derive_fit_config(base: dict, *, ratio: float, minutes: float, out_dir: str,
         "init_args": {"dirpath": out_dir, "filename": "step{step}", "save_last": True,
                       "auto_insert_metric_name": False},
     }]
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                raise LsMergeError(f"VAE run override {dotted!r}: the base config has no section {key!r}; "
+                                   f"name a key under one of {sorted(k for k, v in node.items() if isinstance(v, dict))}.")
+            node = node[key]
+        node[leaf] = value
     return cfg
 
 

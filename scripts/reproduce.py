@@ -32,11 +32,13 @@ from lsmerge.results.plan import load_plan  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plan", default="configs/results/smollm2.yaml", help="results plan (YAML)")
+    ap.add_argument("--partial", action="store_true",
+                    help="run nothing: write the table from the rows already cached and list the rest as missing")
     args = ap.parse_args()
     start = time.perf_counter()
     try:
         plan = load_plan(args.plan)
-        summary = Runner(plan, say=lambda s: print(f"[{time.perf_counter() - start:7.0f} s] {s}", flush=True)).run()
+        summary = Runner(plan, say=lambda s: print(f"[{time.perf_counter() - start:7.0f} s] {s}", flush=True), partial=args.partial).run()
     except LsMergeError as e:
         print(f"reproduce: error: {e}", file=sys.stderr)
         return 1

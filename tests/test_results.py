@@ -307,3 +307,28 @@ def test_prepare_step_marked_always_runs_even_when_its_output_exists(tmp_path):
                 prepare=[{"argv": step, "creates": str(made)}, {"argv": step, "creates": str(made), "always": True}])
     Runner(plan, say=lambda s: None).prepare()
     assert log.read_text() == "ran\n"
+
+
+def test_partial_run_computes_nothing_and_lists_the_rows_it_leaves_out(world, tmp_path):
+    """`reproduce.py --partial` writes the table from what is cached (a long plan cut short by the
+    clock still gives a table), names each missing row, and builds or scores nothing."""
+    root, paths = world
+    plan = _plan(root, paths)
+    plan.update(rows=[{"group": "g", "name": "expert 1", "model": "{expert1}"},
+                      {"group": "g", "name": "noise", "command": "perturb", "args": {"model": "{base}", "perturbation": "int8"}}],
+                vae_runs=[], sweep=None, inspect=[], domain_experts={}, references={}, weight_error={},
+                judge={**plan["judge"], "pairs": [["expert 1", "noise"]]},
+                out_dir=str(tmp_path / "out"), results=str(tmp_path / "R.md"))  # fmt: skip
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    said = []
+    Runner(load_plan(path), say=said.append, partial=True).run()
+    text = (tmp_path / "R.md").read_text()
+    assert "**Partial table**" in text and "2 of the plan's 2 rows" in text and "expert 1; noise" in text
+    assert not (tmp_path / "out/models").exists() and not (tmp_path / "out/scores").exists()
+    Runner(load_plan(path), say=lambda s: None).run()  # the full run: both rows and the judge
+    said.clear()
+    Runner(load_plan(path), say=said.append, partial=True).run()
+    text = (tmp_path / "R.md").read_text()
+    assert "Partial table" not in text and "## Pairwise judge" in text and "| noise |" in text
+    assert not any(s.startswith(("build", "score", "generate", "judge")) for s in said)

@@ -80,11 +80,16 @@ def run_lsmerge(argv: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-class Runner:
-    """Executes one plan; `say` prints progress lines."""
+class NotCached(Exception):
+    """A step a partial run (`Runner(partial=True)`) would have to compute."""
 
-    def __init__(self, plan: Plan, say=print):
-        self.plan, self.say = plan, say
+
+class Runner:
+    """Executes one plan; `say` prints progress lines. `partial`: run nothing, write the table from
+    the rows (and extras) already cached, listing the rest as missing."""
+
+    def __init__(self, plan: Plan, say=print, partial: bool = False):
+        self.plan, self.say, self.partial = plan, say, partial
         self.out = Path(plan.out_dir)
         self.names = plan.names()
         self.logs = self.out / "logs"
@@ -160,6 +165,8 @@ class Runner:
         stamp = _fresh(stamp_path, key, out / "config.json")
         if stamp:
             return {"path": str(out), "seconds": stamp["seconds"], "key": key}
+        if self.partial:
+            raise NotCached(row.name)
         if out.exists():
             shutil.rmtree(out)
         stamp_path.unlink(missing_ok=True)
@@ -214,6 +221,8 @@ class Runner:
             result = {**prior, "key": key, "same_as": same["row"], "seconds": 0.0}
             _write_json(path, result)
             return result
+        if self.partial:
+            raise NotCached(row.name)
         self.say(f"score {row.name}")
         start = time.perf_counter()
         result = {"key": key, "content": content, "corpora": score_model(built, settings)}
@@ -250,6 +259,8 @@ class Runner:
         key = _digest(args)
         if not _fresh(out / "stamp.json", key, out / "sweep_heatmap.png"):
             argv = ["sweep", *_flags(args), "--output_dir", str(out), "--overwrite", "true"]
+            if self.partial:
+                raise NotCached("sweep")
             self.say(f"sweep: lsmerge {' '.join(argv)}")
             run_lsmerge(argv, self.logs / "sweep.log")
             _write_json(out / "stamp.json", {"key": key})
@@ -264,6 +275,8 @@ class Runner:
             model = Path(substitute(spec, self.names))
             dst = Path(self.plan.plots_dir) / f"kurtosis_{model.name}.png"
             if not dst.is_file():
+                if self.partial:
+                    continue
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 self.say(f"inspect {model}")
                 run_lsmerge(["inspect", "--model", str(model), "--plot", str(dst)], self.logs / f"inspect-{model.name}.log")
@@ -293,6 +306,8 @@ class Runner:
                 else:
                     model_args = ["--base", b["path"], "--operator", "null"]
                 argv = ["generate", *model_args, *gen_flags, "--output", str(path), "--overwrite", "true"]
+                if self.partial:
+                    raise NotCached(name)
                 self.say(f"generate {name}")
                 run_lsmerge(argv, self.logs / f"generate-{row.slug}.log")
                 _write_json(path.with_suffix(".json"), {"key": key})
@@ -303,6 +318,8 @@ class Runner:
             judge_flags = _flags(cfg.get("judge_args", {}))
             key = _digest([_file_digest(files[a]), _file_digest(files[b]), cfg.get("model"), judge_flags])
             if not _fresh(out.with_suffix(".stamp.json"), key, out):
+                if self.partial:
+                    raise NotCached(f"judge {a} vs {b}")
                 self.say(f"judge {a} vs {b}")
                 run_lsmerge(["judge", "--responses_a", str(files[a]), "--responses_b", str(files[b]), "--judge", "local",
                              "--model", cfg["model"], *judge_flags, "--out", str(out)], self.logs / "judge.log")  # fmt: skip
@@ -314,22 +331,37 @@ class Runner:
     def run(self) -> dict:
         from lsmerge.results.report import write_report
 
-        self.prepare()
-        self.check_corpora()
-        self.train_vaes()
-        records = []
-        built = {}
+        if not self.partial:
+            self.prepare()
+            self.check_corpora()
+            self.train_vaes()
+        records, built, missing = [], {}, []
         for row in self.plan.rows:
-            b = self.build(row)
+            try:
+                b = self.build(row)
+                s = self.score(row, b)
+            except NotCached:
+                missing.append(row.name)
+                continue
             built[row.name] = b
-            s = self.score(row, b)
             spec = self.plan.weight_error.get(row.group)
             against = spec and built.get(spec.get("against") or self.plan.first_row(row.group).name)
             records.append({"row": row, "built": b, "scores": s, "error": self.weight_error(row, b, against) if against else None})
             ppl = ", ".join(f"{c} {v['perplexity']:.4g}" for c, v in s["corpora"].items())
             self.say(f"  {row.group} / {row.name}: {ppl}")
-        extras = {"sweep": self.sweep(), "kurtosis": self.inspect(), "judge": self.judge(built)}
-        return write_report(self.plan, records, extras, {**self.eval_settings(), "seed": self.plan.seed})
+        extras = {"sweep": self._extra(self.sweep), "kurtosis": self.inspect(), "judge": self._extra(lambda: self.judge(built))}
+        if missing:
+            self.say(f"partial: {len(missing)} of {len(self.plan.rows)} rows not cached, left out of the table")
+        return write_report(self.plan, records, extras, {**self.eval_settings(), "seed": self.plan.seed}, missing=missing)
+
+    def _extra(self, step):
+        """A sweep / judge step; in a partial run, None when it is not cached (KeyError: a judged row is missing)."""
+        try:
+            return step()
+        except (NotCached, KeyError):
+            if not self.partial:
+                raise
+            return None
 
 
 def _checkpoint_key(path: str, row: Row) -> str:

@@ -153,7 +153,7 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}" + (f", commit {commit}" if commit else "")
 
 
-def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict) -> dict:
+def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict, missing: list[str] | None = None) -> dict:
     corpora = list(settings["corpora"])
     boot = {**DEFAULT_BOOTSTRAP, **plan.bootstrap}
     results = Path(plan.results)
@@ -186,6 +186,10 @@ def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict) 
         "",
         "Names in the commands: " + ", ".join(f"`{{{k}}}` = `{v}`" for k, v in plan.models.items()) + ".",
     ]
+    if missing:
+        lines += ["", f"**Partial table** (`scripts/reproduce.py --partial`): written from the cached rows only; {len(missing)} of "
+                  f"the plan's {len(missing) + len(records)} rows were not built or scored yet and are left out: "
+                  + "; ".join(missing) + ". Run `scripts/reproduce.py` without `--partial` to complete it."]  # fmt: skip
     if plan.vae_runs:
         lines += ["", "VAE runs (`lsmerge fit` of a derived config, written to the run folder as `fit.yaml`):", ""]
         for run in plan.vae_runs:

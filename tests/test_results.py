@@ -331,4 +331,8 @@ def test_partial_run_computes_nothing_and_lists_the_rows_it_leaves_out(world, tm
     Runner(load_plan(path), say=said.append, partial=True).run()
     text = (tmp_path / "R.md").read_text()
     assert "Partial table" not in text and "## Pairwise judge" in text and "| noise |" in text
+    lines = text.splitlines()
+    for head, rule in zip(lines, lines[1:]):  # every table's delimiter row has one cell per header cell
+        if head.startswith("| row |"):
+            assert rule.count("---") == head.count("|") - 1, (head, rule)
     assert not any(s.startswith(("build", "score", "generate", "judge")) for s in said)

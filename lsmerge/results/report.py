@@ -213,7 +213,7 @@ def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict, 
                     if spec else "")  # fmt: skip
         head = ("| row" + err_head + " | " + " | ".join(corpora) + (" | summary [95 %]" if sc.summary else "")
                 + " | produced by | seed | time (s) |")
-        lines += ["", f"## {title}", "", head, "|" + " --- |" * head.count(" | ")]
+        lines += ["", f"## {title}", "", head, "|" + " --- |" * (head.count("|") - 1)]
         for r in sc.records:
             row, sc_c = r["row"], r["scores"]["corpora"]
             is_ref = r is sc.reference

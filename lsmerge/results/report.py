@@ -201,7 +201,9 @@ def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict, 
                 pass
             secs = done.get("seconds")
             lines.append(f"- `{{vae:{run.name}}}`: `{d}/fit.yaml`, from `{run.base_config}`, compression ratio {run.ratio}, "
-                         f"budget {run.minutes} min" + (f", took {secs:.0f} s" if secs else ""))  # fmt: skip
+                         f"budget {run.minutes} min"
+                         + "".join(f", `{k}: {cli_value(v)}`" for k, v in run.overrides.items())
+                         + (f", took {secs:.0f} s" if secs else ""))  # fmt: skip
     sections = {}
     for group, title in plan.groups.items():
         recs = [r for r in records if r["row"].group == group]

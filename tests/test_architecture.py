@@ -21,7 +21,7 @@ LAYERS = [
     ["lsmerge.merge.weight"],
     ["lsmerge.merge.latent", "lsmerge.merge.hidden"],
     ["lsmerge.evaluate"],
-    ["lsmerge.callbacks", "lsmerge.export", "lsmerge.inspect", "lsmerge.fetch", "lsmerge.experts", "lsmerge.importance"],
+    ["lsmerge.callbacks", "lsmerge.export", "lsmerge.inspect", "lsmerge.fetch", "lsmerge.experts", "lsmerge.importance", "lsmerge.perturb"],
     ["lsmerge.lightning_cli"],
     ["lsmerge.cli"],
     ["lsmerge.results"],  # runs commands through cli.main

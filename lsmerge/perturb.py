@@ -61,16 +61,17 @@ def perturb(
         raise LsMergeError(f"no floating-point tensors of kinds {kinds or ['mlp']} (layers {layers}) in {store.path}; widen --kinds.")
     config = {"command": "perturb", "model": str(model), "perturbation": perturbation, "level": level,
               "kinds": kinds or ["mlp"], "layers": layers, "keep_top": keep_top, "group": group, "seed": seed}  # fmt: skip
-    pairs = []
     with CheckpointWriter(out, source=store.path, inputs=[store.path], max_shard_size=max_shard_size, overwrite=overwrite,
                           config=config) as w:
-        for name, t in store.items():
-            if name in selected:
-                new = fn(name, t)
-                pairs.append((name, t, new, None))
-                t = new
-            w.add(name, t)
-    err = relative_errors(pairs)["relative_error"]
-    print(f"wrote {w.out} ({len(pairs)} tensors perturbed by {perturbation}"
-          f"{f' {level:g}' if level is not None else ''}, relative error {err:.4g}; {len(store) - len(pairs)} copied)")
+
+        def written():  # streams: each tensor is written as it comes; the perturbed ones feed the error sums
+            for name, t in store.items():
+                new = fn(name, t) if name in selected else t
+                w.add(name, new)
+                if name in selected:
+                    yield name, t, new, None
+
+        err = relative_errors(written())["relative_error"]
+    print(f"wrote {w.out} ({len(selected)} tensors perturbed by {perturbation}"
+          f"{f' {level:g}' if level is not None else ''}, relative error {err:.4g}; {len(store) - len(selected)} copied)")
     return str(w.out)

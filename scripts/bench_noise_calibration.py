@@ -48,7 +48,7 @@ LEVELS = (0.005, 0.01, 0.024, 0.05, 0.10)
 
 
 # -- perturbations (pure; lsmerge.evaluate.noise_reference, also behind `lsmerge perturb`) ---------
-from lsmerge.evaluate.noise_reference import int4_groups, int8_rows, iid_noise, proportional_noise  # noqa: E402
+from lsmerge.evaluate.noise_reference import int4_groups, int8_rows, perturbation, relative_errors  # noqa: E402
 
 
 class RoundingCodec:
@@ -80,18 +80,13 @@ class RoundingCodec:
 
 
 def perturbations(seed: int) -> list[tuple[str, str, float | None, object]]:
-    """(name, family, nominal relative error, fn(name, w) -> w') for every row of the curve."""
-    def gen(name: str) -> torch.Generator:
-        from lsmerge.merge.weight.base import derive_seed
-
-        return torch.Generator().manual_seed(derive_seed(seed, name))
-
-    rows = [(f"iid {e:.1%}", "iid", e, lambda n, w, e=e: iid_noise(w, e, gen(n))) for e in LEVELS]
-    rows.append(("iid 2.4%, top 0.1% of |w| exact", "iid_keep_top", 0.024,
-                 lambda n, w: iid_noise(w, 0.024, gen(n), keep_top=1e-3)))
-    rows += [(f"prop |w| {e:.1%}", "prop", e, lambda n, w, e=e: proportional_noise(w, e, gen(n))) for e in (0.024, 0.10)]
-    rows.append(("int8 per row", "int8", None, lambda n, w: int8_rows(w)))
-    rows.append(("int4 per group 64", "int4", None, lambda n, w: int4_groups(w, 64)))
+    """(name, family, nominal relative error, fn(name, w) -> w') for every row of the curve
+    (`lsmerge.evaluate.noise_reference.perturbation`, the same noise `lsmerge perturb` writes)."""
+    rows = [(f"iid {e:.1%}", "iid", e, perturbation("iid", e, seed=seed)) for e in LEVELS]
+    rows.append(("iid 2.4%, top 0.1% of |w| exact", "iid_keep_top", 0.024, perturbation("iid", 0.024, seed=seed, keep_top=1e-3)))
+    rows += [(f"prop |w| {e:.1%}", "prop", e, perturbation("prop", e, seed=seed)) for e in (0.024, 0.10)]
+    rows.append(("int8 per row", "int8", None, perturbation("int8")))
+    rows.append(("int4 per group 64", "int4", None, perturbation("int4", group=64)))
     return rows
 
 
@@ -121,20 +116,18 @@ def score(model, ids: dict[str, torch.Tensor], a, pad_id: int) -> dict[str, floa
 def apply(params: dict[str, torch.nn.Parameter], originals: dict[str, torch.Tensor], fn, stats=None) -> tuple:
     """Set every parameter to fn(name, W); (global relative error, mean per-tensor relative error, global
     output-weighted relative error sqrt(sum ||E diag(sqrt h)||^2 / sum ||W diag(sqrt h)||^2), None without stats)."""
-    err2 = ref2 = werr2 = wref2 = 0.0
     per = []
-    with torch.no_grad():
+
+    def applied():
         for name, w in originals.items():
             new = fn(name, w).to(w.dtype)
-            d2 = (new.double() - w.double()).pow(2)
-            e2, r2 = float(d2.sum()), float(w.double().pow(2).sum())
-            err2, ref2 = err2 + e2, ref2 + r2
-            if stats is not None:
-                h = stats.for_tensor(name, w.shape)[None, :]
-                werr2, wref2 = werr2 + float((d2 * h).sum()), wref2 + float((w.double().pow(2) * h).sum())
-            per.append(math.sqrt(e2 / r2))
+            per.append(relative_errors([(name, w, new, None)])["relative_error"])
             params[name].copy_(new)
-    return math.sqrt(err2 / ref2), sum(per) / len(per), (math.sqrt(werr2 / wref2) if stats is not None else None)
+            yield name, w, new, stats.for_tensor(name, w.shape) if stats is not None else None
+
+    with torch.no_grad():
+        e = relative_errors(applied())
+    return e["relative_error"], sum(per) / len(per), e["output_weighted_error"]
 
 
 def codec_rows(a, originals: dict[str, torch.Tensor], family: str | None, stats) -> list[tuple[str, str, float | None, object, dict]]:

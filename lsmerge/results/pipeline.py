@@ -233,13 +233,15 @@ class Runner:
             _write_json(shared, {"row": row.name, "slug": row.slug})
         return result
 
-    def weight_error(self, row: Row, built: dict, against: dict) -> dict | None:
-        """Relative error of a row's weights against the section's `weight_error.against` row, over
-        the tensors of `weight_error.kinds` (cached): sqrt(sum ||W - W_ref||^2 / sum ||W_ref||^2), and
-        with `weight_error.importance` the output-weighted one (columns weighted by h_j). None for a
-        hidden-state row (no weights) or a group without `weight_error`."""
+    def weight_error(self, row: Row, built: dict, done: dict[str, dict]) -> dict | None:
+        """Relative error of a row's weights against the section's `weight_error.against` row (its
+        first row by default; `done`: the rows built so far), over the tensors of `weight_error.kinds`
+        (cached): sqrt(sum ||W - W_ref||^2 / sum ||W_ref||^2), and with `weight_error.importance` the
+        output-weighted one (columns weighted by h_j). None for a hidden-state row (no weights), a
+        group without `weight_error`, or a partial run without its reference."""
         spec = self.plan.weight_error.get(row.group)
-        if not spec or not built.get("path") or not against.get("path"):
+        against = spec and done.get(spec.get("against") or self.plan.first_row(row.group).name)
+        if not against or not built.get("path") or not against.get("path"):
             return None
         imp = spec.get("importance")
         key = _digest([built["key"], against["key"], spec, _file_digest(imp) if imp else None])
@@ -345,9 +347,7 @@ class Runner:
                 missing.append(row.name)
                 continue
             built[row.name] = b
-            spec = self.plan.weight_error.get(row.group)
-            against = spec and built.get(spec.get("against") or self.plan.first_row(row.group).name)
-            records.append({"row": row, "built": b, "scores": s, "error": self.weight_error(row, b, against) if against else None})
+            records.append({"row": row, "built": b, "scores": s, "error": self.weight_error(row, b, built)})
             ppl = ", ".join(f"{c} {v['perplexity']:.4g}" for c, v in s["corpora"].items())
             self.say(f"  {row.group} / {row.name}: {ppl}")
         extras = {"sweep": self._extra(self.sweep), "kurtosis": self.inspect(), "judge": self._extra(lambda: self.judge(built))}

@@ -58,6 +58,7 @@ from typing import Any
 import yaml
 
 from lsmerge.errors import LsMergeError
+from lsmerge.results.vae_runs import derive_fit_config
 
 ROW_COMMANDS = ("merge", "merge-weights", "export", "perturb")
 HIDDEN_KEYS = {"base", "source", "operator", "mix_layer", "beta"}
@@ -289,8 +290,6 @@ def load_plan(path: str | Path) -> Plan:
     _check_weight_error(plan, p)
     for run in plan.vae_runs:  # overrides name sections of the base config (checked before any work)
         if run.overrides:
-            from lsmerge.results.vae_runs import derive_fit_config
-
             if not Path(run.base_config).is_file():
                 raise LsMergeError(f"results plan {p}: VAE run {run.name}: base config {run.base_config} does not exist.")
             derive_fit_config(yaml.safe_load(Path(run.base_config).read_text()), ratio=run.ratio, minutes=run.minutes,

@@ -25,6 +25,7 @@ def export(
     overwrite: bool = False,
     allow_partial_codec: bool = False,
     side_channel: float = 0.0,
+    side_select: str = "error",
     importance: str | None = None,
 ) -> str:
     """Write MODEL with the tensors the VAE was trained on replaced by VAE reconstructions.
@@ -41,8 +42,10 @@ def export(
         allow_partial_codec: accept a VAE that covers only some of the model's tensors of the kinds
             it was trained on (e.g. trained on 4 of 8 layers); the rest are copied. Without it that
             is an error. A narrowed export (--only) is never partial.
-        side_channel: keep this fraction (in (0, 0.5], e.g. 0.01) of each tensor's most salient
-            entries (w^2 h_j) exact beside the latent (`lsmerge.codecs.side_channel`); 0 = off.
+        side_channel: keep this fraction (in (0, 0.5], e.g. 0.01) of each tensor's entries exact
+            beside the latent (`lsmerge.codecs.side_channel`); 0 = off.
+        side_select: which entries the side channel keeps: error (default; largest (w - decoded)^2 h_j,
+            the greedy optimum for the output-weighted error) or saliency (largest w^2 h_j).
         importance: input statistics of `lsmerge importance` for the saliency (default: none, or
             the file beside a VAE trained with output weighting, which needs its own).
 
@@ -50,7 +53,7 @@ def export(
         The output folder.
     """
     from lsmerge.codecs.load import vae_statistics
-    from lsmerge.codecs.side_channel import SideChannelCodec, check_fraction
+    from lsmerge.codecs.side_channel import SideChannelCodec, check_fraction, check_selection
     from lsmerge.codecs.task_code_vae import task_code_data
     from lsmerge.codecs.vae import VAECodec, read_vae_checkpoint, weight_vae_from
     from lsmerge.io.archmap import ArchitectureMap
@@ -61,6 +64,7 @@ def export(
 
     if side_channel:
         check_fraction(side_channel)
+        check_selection(side_select)
     store = open_checkpoint(resolve_model(model))
     check_output_dir(out, [store.path], overwrite)
     ckpt = read_vae_checkpoint(vae)
@@ -70,7 +74,7 @@ def export(
     codec = VAECodec(weight_vae_from(ckpt), device=device)
     stats = vae_statistics(Path(vae), codec, importance)
     if side_channel:
-        codec = SideChannelCodec(codec, side_channel, stats)
+        codec = SideChannelCodec(codec, side_channel, stats, side_select)
     model_type = ArchitectureMap.from_config(store.config).family.name if store.config else None
     codec.check_model(model_type, {n: store.shape(n) for n in store.names})
     try:
@@ -92,6 +96,7 @@ def export(
     config = {"command": "export", "vae": str(vae), "model": str(model), "only": only}
     if side_channel:
         config["side_channel"] = side_channel
+        config["side_select"] = side_select
         config["importance"] = stats.describe() if stats else None
     if allow_partial_codec:
         config["allow_partial_codec"] = True

@@ -133,7 +133,7 @@ def apply(params: dict[str, torch.nn.Parameter], originals: dict[str, torch.Tens
 def codec_rows(a, originals: dict[str, torch.Tensor], family: str | None, stats) -> list[tuple[str, str, float | None, object, dict]]:
     """Codec rows: a PCA codec of rank a.pca_rank fitted on the tensors, or the VAE checkpoint a.vae;
     per spec of a.codec_rows: plain, s (side channel, saliency w^2 h), m (side channel, saliency
-    w^2), w (output-weighted PCA), ws (both)."""
+    w^2), e (side channel, largest errors (w - w^)^2 h), w (output-weighted PCA), ws / we (both)."""
     from lsmerge.codecs.pca import PCACodec
     from lsmerge.codecs.side_channel import SideChannelCodec, compression
 
@@ -146,12 +146,12 @@ def codec_rows(a, originals: dict[str, torch.Tensor], family: str | None, stats)
         vae = VAECodec.from_checkpoint(a.vae)
     rows = []
     for spec in a.codec_rows:
-        weighted, side = "w" in spec, "s" in spec or "m" in spec
-        if (weighted or "s" in spec) and stats is None:
+        weighted, side = "w" in spec, "s" in spec or "m" in spec or "e" in spec
+        if (weighted or "s" in spec or "e" in spec) and stats is None:
             raise SystemExit(f"codec row {spec!r} needs --importance")
         if vae is not None:
             if weighted:
-                raise SystemExit("output weighting of a VAE is a training option (lsmerge fit); use rows plain, s, m")
+                raise SystemExit("output weighting of a VAE is a training option (lsmerge fit); use rows plain, s, m, e")
             codec = vae
             label = (a.rounding + (" per row" if a.rounding == "int8" else " per group 64")) if a.rounding else \
                 f"VAE {Path(a.vae).parent.name} (ratio {vae.chunk_size / vae.model.hparams.latent_dim:g})"
@@ -160,11 +160,12 @@ def codec_rows(a, originals: dict[str, torch.Tensor], family: str | None, stats)
                                  family=family, layout=a.layout, importance=stats if weighted else None)
             label = f"PCA rank {a.pca_rank} (ratio {a.chunk_size / a.pca_rank:g})"
         if side:
-            codec = SideChannelCodec(codec, a.side_channel, stats if "s" in spec else None)
+            codec = SideChannelCodec(codec, a.side_channel, None if "m" in spec else stats,
+                                     "error" if "e" in spec else "saliency")
         name = (label + (", output-weighted" if weighted else "") + (f", side channel {a.side_channel:g}" if side else "")
-                + (" by |w|" if "m" in spec else ""))
+                + (" by |w|" if "m" in spec else "") + (" by error" if "e" in spec else ""))
         info = {"codec": a.rounding or a.vae or "pca", "output_weighting": weighted, "side_channel": a.side_channel if side else 0.0,
-                "saliency": None if not side else ("w^2 h" if "s" in spec else "w^2")}
+                "saliency": None if not side else ("(w - w^)^2 h" if "e" in spec else "w^2 h" if "s" in spec else "w^2")}
         n0, w0 = next(iter(originals.items()))  # every SmolLM2 MLP tensor has the same size
         lat = codec.encode(n0, w0)
         stored = vae.latent_values(tuple(w0.shape)) if a.rounding else lat.z.numel() + lat.norm.numel()
@@ -224,7 +225,7 @@ def main() -> None:
     p.add_argument("--side_channel", type=float, default=0.01, help="side-channel fraction of the codec rows with it")
     p.add_argument("--codec_rows", nargs="*", default=["plain", "s", "w", "ws"],
                    help="which codec rows: plain, s (side channel, saliency w^2 h), m (side channel, saliency w^2), "
-                        "w (output-weighted PCA), ws (both)")
+                        "e (side channel, largest errors (w - w^)^2 h), w (output-weighted PCA), ws / we (both)")
     p.add_argument("--reference", default=None,
                    help="noise_calibration.json of an earlier run on the same split: its rows join the plot")
     p.add_argument("--out", default="checkpoints/noise_calibration")

@@ -25,11 +25,11 @@ def _stats(tensors, seed=1):
                             for n, w in tensors.items()}, "cd" * 32, 100, "hand")
 
 
-def test_side_channel_restores_exactly_the_most_salient_entries():
+def test_saliency_selection_restores_exactly_the_most_salient_entries():
     w = torch.tensor([[3.0, 0.1, -0.2, 0.3], [0.2, -1.0, 0.05, 2.0]])
     stats = ImportanceStats({"a.weight": torch.tensor([0.01, 1.0, 1.0, 4.0])}, "ef" * 32)
     pca = PCACodec.fit([("a.weight", [w])], chunk_size=4, rank=1, layout="rows")
-    codec = SideChannelCodec(pca, 0.25, stats)  # k = ceil(0.25 * 8) = 2
+    codec = SideChannelCodec(pca, 0.25, stats, "saliency")  # k = ceil(0.25 * 8) = 2
     latent = codec.encode("a.weight", w)
     # saliency w^2 h: [0.09, 0.01, 0.04, 0.36 | 0.0004, 1.0, 0.0025, 16.0] -> flat indices 5 and 7
     # (the largest |w|, 3.0 at index 0, has h = 0.01 and is not chosen)
@@ -42,7 +42,7 @@ def test_side_channel_restores_exactly_the_most_salient_entries():
     assert torch.equal(out.view(-1)[keep], plain.view(-1)[keep])
     assert not torch.equal(plain.view(-1)[[5, 7]], torch.tensor([-1.0, 2.0]))  # the codec alone misses them
     # without statistics the saliency is w^2: indices 0 and 7
-    assert SideChannelCodec(pca, 0.25).encode("a.weight", w).side[0].tolist() == [0, 7]
+    assert SideChannelCodec(pca, 0.25, select="saliency").encode("a.weight", w).side[0].tolist() == [0, 7]
     # a merge of latents drops the channel
     assert latent.with_z(latent.z * 0.5).side is None
 
@@ -110,3 +110,39 @@ def test_load_codec_wraps_a_side_channel(tmp_path):
     assert int((out == w).sum()) >= k
     with pytest.raises(LsMergeError, match=r"\(0, 0.5\]"):
         load_codec(str(tmp_path / "c"), side_channel=0.7)
+
+
+def test_error_selection_keeps_the_largest_weighted_errors_and_beats_saliency():
+    tensors = _tensors(seed=3, shape=(12, 16))
+    stats = _stats(tensors, seed=4)
+    pca = PCACodec.fit(((n, [w]) for n, w in tensors.items()), chunk_size=8, rank=2, layout="rows")
+    name, w = "t2.weight", tensors["t2.weight"]
+    h = stats.h[name]
+    plain = pca.decode(name, pca.encode(name, w))
+    k = side_count(w.numel(), 0.1)
+    by_hand = ((w - plain).double().pow(2) * h[None, :]).reshape(-1).topk(k).indices.sort().values
+    codec = SideChannelCodec(pca, 0.1, stats, select="error")
+    latent = codec.encode(name, w)
+    assert latent.side[0].tolist() == by_hand.tolist()
+    out = codec.decode(name, latent)
+    assert torch.equal(out.view(-1)[by_hand], w.view(-1)[by_hand])
+    # the greedy optimum of sum_ij h_j e_ij^2: never above the saliency choice, and here clearly below it
+    salient = SideChannelCodec(pca, 0.1, stats, select="saliency")
+    err_salient = weighted_error(w, salient.decode(name, salient.encode(name, w)), h)
+    assert weighted_error(w, out, h) < 0.9 * err_salient
+    # without statistics the score is the plain squared error
+    unweighted = SideChannelCodec(pca, 0.1, select="error").encode(name, w).side[0]
+    assert unweighted.tolist() == (w - plain).pow(2).reshape(-1).topk(k).indices.sort().values.tolist()
+    assert codec.describe()["select"] == "error" and "select=error" in repr(codec)
+
+
+def test_unknown_selection_is_refused_naming_the_choices(tmp_path):
+    from lsmerge.codecs.load import load_codec
+
+    tensors = _tensors(shape=(8, 16))
+    pca = PCACodec.fit(((n, [w]) for n, w in tensors.items()), chunk_size=8, rank=2)
+    with pytest.raises(LsMergeError, match="saliency, error"):
+        SideChannelCodec(pca, 0.05, select="largest")
+    pca.save(tmp_path / "c")
+    with pytest.raises(LsMergeError, match="unknown side-channel selection 'largest'"):
+        load_codec(str(tmp_path / "c"), side_channel=0.05, side_select="largest")

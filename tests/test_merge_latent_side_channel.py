@@ -47,9 +47,9 @@ def _run(world, out, **kw):
     return Path(merge(out=str(out), **kw))
 
 
-def _side_codec(world, importance=True):
+def _side_codec(world, importance=True, select="error"):
     stats = ImportanceStats.load(world["importance"]) if importance else None
-    return SideChannelCodec(PCACodec.load(world["codec"]), Q, stats)
+    return SideChannelCodec(PCACodec.load(world["codec"]), Q, stats, select)
 
 
 def _plain(codec: SideChannelCodec, name: str, w: torch.Tensor) -> torch.Tensor:
@@ -82,9 +82,31 @@ def test_one_hot_merge_is_the_side_channel_reconstruction_bit_for_bit(world, tmp
     assert provenance["importance"]["digest"] == "ab" * 32 and provenance["codecs"][0]["importance"]["digest"] == "ab" * 32
 
 
+def test_error_selected_merges_carry_the_largest_errors(world, tmp_path):
+    """side_select error: a one-hot merge is that selection's reconstruction; LERP 0.5 adds each input's
+    correction on its own largest-error entries; the provenance names the selection."""
+    codec = _side_codec(world, select="error")
+    kw = dict(side_channel=Q, side_select="error", importance=world["importance"])
+    one_hot = open_checkpoint(_run(world, tmp_path / "one", method="lerp", models=["a", "b"], lam=0.0, **kw))
+    half = open_checkpoint(_run(world, tmp_path / "half", method="lerp", models=["a", "b"], lam=0.5, **kw))
+    plain = open_checkpoint(_run(world, tmp_path / "plain", method="lerp", models=["a", "b"], lam=0.5))
+    a, b = open_checkpoint(world["a"]), open_checkpoint(world["b"])
+    for name in _mlp(a):
+        assert torch.equal(one_hot.get(name), codec.reconstruct(name, a.get(name))), name
+    want = plain.get(UP).double() + 0.5 * (_correction(codec, UP, a.get(UP)) + _correction(codec, UP, b.get(UP)))
+    torch.testing.assert_close(half.get(UP).double(), want, rtol=0, atol=1e-6)
+    salient = open_checkpoint(_run(world, tmp_path / "sal", method="lerp", models=["a", "b"], lam=0.0, side_channel=Q,
+                                   side_select="saliency", importance=world["importance"]))
+    assert not torch.equal(salient.get(UP), one_hot.get(UP))  # another selection, another output
+    with safe_open(tmp_path / "one" / "model.safetensors", framework="pt") as f:
+        provenance = json.loads(f.metadata()["lsmerge_config"])
+    assert provenance["side_select"] == "error" and provenance["codecs"][0]["select"] == "error"
+
+
 def _correction(codec: SideChannelCodec, name: str, w: torch.Tensor) -> torch.Tensor:
-    """R = (W - D(z)) on the k most salient entries, zero elsewhere (by hand)."""
-    idx = top_salient(w, side_count(w.numel(), codec.fraction), codec.importance.h[name])
+    """R = (W - D(z)) on the k entries of the codec's selection, zero elsewhere (by hand)."""
+    k, h = side_count(w.numel(), codec.fraction), codec.importance.h[name]
+    idx = top_salient(w - _plain(codec, name, w), k, h) if codec.select == "error" else top_salient(w, k, h)
     r = torch.zeros(w.numel(), dtype=torch.float64)
     r[idx] = (w.reshape(-1)[idx].double() - _plain(codec, name, w).reshape(-1)[idx].double())
     return r.reshape(w.shape)
@@ -145,8 +167,9 @@ def test_linear_coefficients_of_each_method():
     (dict(method="lerp", models=["a", "b"], side_channel=-0.01), r"\(0, 0.5\]"),
     (dict(method="lerp", models=["a", "b"], side_channel=float("nan")), r"\(0, 0.5\]"),
     (dict(method="lerp", models=["a", "b"], codec="pca", side_channel=0.0, importance="IMP"), "would be unused"),
+    (dict(method="lerp", models=["a", "b"], side_select="biggest"), "unknown side-channel selection 'biggest'"),
 ], ids=["ties", "dare", "hetero", "delta-weight", "delta-latent", "task-vector", "fraction-high", "fraction-negative",
-        "fraction-nan", "importance-unused"])
+        "fraction-nan", "importance-unused", "selection"])
 def test_side_channel_refusals_come_before_writing(world, tmp_path, kw, match):
     kw = {"side_channel": Q, **kw}
     if kw.get("importance") == "IMP":

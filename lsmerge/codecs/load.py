@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from lsmerge.codecs.base import Codec
 from lsmerge.codecs.pca import CODEC_JSON, PCACodec
-from lsmerge.codecs.side_channel import SideChannelCodec, check_fraction
+from lsmerge.codecs.side_channel import SideChannelCodec, check_fraction, check_selection
 from lsmerge.data.importance import IMPORTANCE_FILE, ImportanceStats
 from lsmerge.codecs.task_vector import CODEC_JSON as TASK_VECTOR_JSON, TaskVectorCodec
 from lsmerge.codecs.task_code_vae import TaskCodeVAECodec, task_code_data
@@ -19,17 +19,19 @@ from lsmerge.io.compat import check_finite, model_family, same_family
 from lsmerge.io.store import CheckpointStore
 
 
-def load_codec(spec: str, device: str = "cpu", importance: str | None = None, side_channel: float = 0.0) -> Codec:
+def load_codec(spec: str, device: str = "cpu", importance: str | None = None, side_channel: float = 0.0,
+               side_select: str = "error") -> Codec:
     """A saved PCA or task-vector codec folder, or a weight-VAE checkpoint (the one place the VAE plugs in).
 
     A task-vector codec, and a VAE fitted on task-vector codes (``data.source: task_codes`` in its
     checkpoint: a `TaskCodeVAECodec`), come back unbound: `bind` them to the merge's base and experts. A codec fitted
     with importance weighting is loaded with its calibration statistics (`importance`, default
     `importance.safetensors` beside it; the digest must match); with `side_channel` q > 0 a PCA or
-    VAE codec is wrapped in a `SideChannelCodec` (saliency from those statistics, or from
-    `importance` for a plain codec)."""
+    VAE codec is wrapped in a `SideChannelCodec` (scores from those statistics, or from
+    `importance` for a plain codec; `side_select`: saliency or error)."""
     if side_channel:
         check_fraction(side_channel)
+        check_selection(side_select)
     if is_url(spec):
         check_ckpt_path(spec, "codec")  # refused: download it and pass the local file
     path = Path(spec).expanduser()
@@ -56,7 +58,7 @@ def load_codec(spec: str, device: str = "cpu", importance: str | None = None, si
             return TaskCodeVAECodec.from_checkpoint(ckpt, path, device=device)
         codec = VAECodec(weight_vae_from(ckpt))
         stats = vae_statistics(path, codec, importance)
-    return SideChannelCodec(codec, side_channel, stats) if side_channel else codec
+    return SideChannelCodec(codec, side_channel, stats, side_select) if side_channel else codec
 
 
 def vae_statistics(path: Path, codec, importance: str | None) -> ImportanceStats | None:

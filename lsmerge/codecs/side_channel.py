@@ -1,11 +1,17 @@
 """An exact sparse side channel around any codec (SpQR-style outliers kept as they are).
 
-For each tensor W (numel N) the k = ceil(q N) entries of largest saliency are stored exactly
-(their flat index and value) beside the latent and written over the decoded tensor:
+For each tensor W (numel N) the k = ceil(q N) entries of largest score are stored exactly
+(their flat index and value) beside the latent and written over the decoded tensor. Two
+selections (`SELECTIONS`), with input second moments h (`lsmerge.data.importance`; h_j = 1
+without statistics, or for a tensor that is not 2-d):
 
-    s_ij = w_ij^2 * h_j         with input second moments h (`lsmerge.data.importance`);
-    s_ij = w_ij^2               without statistics, or for a tensor that is not 2-d;
-    S    = top-k indices of s;  W^ = decode(z);  W^[S] = W[S]
+    saliency:  s_ij = w_ij^2 * h_j                 the most salient weights (SpQR / AWQ proxy)
+    error:     s_ij = (w_ij - D(z)_ij)^2 * h_j     the largest output-weighted decoding errors (default)
+
+    S = top-k indices of s;  W^ = D(z);  W^[S] = W[S]
+
+`error` is the greedy optimum for the output-weighted error sum_ij h_j e_ij^2 (zeroing the k
+largest terms removes the most of it); it costs one extra decoding per tensor at encode time.
 
 q is the side-channel fraction, in (0, 0.5] (past one half a dense copy is cheaper). Only the
 entries are exact: decode(encode(W)) differs from W only outside S. A merged latent carries no
@@ -43,6 +49,7 @@ from lsmerge.data.importance import ImportanceStats, saliency
 from lsmerge.errors import LsMergeError
 
 INDEX_BYTES = 4
+SELECTIONS = ("saliency", "error")
 
 
 def check_fraction(fraction: float) -> float:
@@ -59,10 +66,24 @@ def side_count(numel: int, fraction: float) -> int:
     return max(1, math.ceil(fraction * numel))
 
 
+def check_selection(select: str) -> str:
+    """`select` if it is one of SELECTIONS, else one LsMergeError listing them."""
+    if select not in SELECTIONS:
+        raise LsMergeError(f"unknown side-channel selection {select!r}; use one of {', '.join(SELECTIONS)} "
+                           "(saliency: largest w^2 h_j; error: largest (w - decoded)^2 h_j).")
+    return select
+
+
 def top_salient(weight: torch.Tensor, k: int, h: torch.Tensor | None = None) -> torch.Tensor:
     """(k,) int64 flat indices of the k most salient entries (w^2 h_j, or w^2 without h), sorted."""
     s = saliency(weight, h) if h is not None else weight.to(torch.float64).pow(2)
     return s.reshape(-1).topk(k).indices.sort().values
+
+
+def top_errors(weight: torch.Tensor, decoded: torch.Tensor, k: int, h: torch.Tensor | None = None) -> torch.Tensor:
+    """(k,) int64 flat indices of the k largest output-weighted errors (w - decoded)^2 h_j (h = 1 without h), sorted."""
+    e = weight.to(torch.float64) - decoded.to(torch.float64).reshape(weight.shape)
+    return top_salient(e, k, h)
 
 
 class SideChannelCodec:
@@ -71,24 +92,27 @@ class SideChannelCodec:
     Args:
         codec: any `Codec` (PCA, VAE).
         fraction: side-channel fraction q in (0, 0.5].
-        importance: input second moments for the saliency (None: w^2).
+        importance: input second moments h for the scores (None: h = 1).
+        select: which entries are kept (`SELECTIONS`): the most salient weights, or the largest
+            decoding errors.
     """
 
-    def __init__(self, codec: Codec, fraction: float, importance: ImportanceStats | None = None):
+    def __init__(self, codec: Codec, fraction: float, importance: ImportanceStats | None = None, select: str = "error"):
         self.codec = codec
         self.fraction = check_fraction(fraction)
         self.importance = importance
+        self.select = check_selection(select)
 
     def __getattr__(self, attr):  # family, kinds, names, prior_std, ... of the wrapped codec
-        if attr in ("codec", "fraction", "importance"):
+        if attr in ("codec", "fraction", "importance", "select"):
             raise AttributeError(attr)
         return getattr(self.codec, attr)
 
     def __repr__(self) -> str:
-        return f"SideChannelCodec({self.codec!r}, fraction={self.fraction:g})"
+        return f"SideChannelCodec({self.codec!r}, fraction={self.fraction:g}, select={self.select})"
 
     def describe(self) -> dict:
-        out = {"side_channel": self.fraction, "codec": describe_codec(self.codec)}
+        out = {"side_channel": self.fraction, "select": self.select, "codec": describe_codec(self.codec)}
         if self.importance is not None:
             out["importance"] = self.importance.describe()
         return out
@@ -104,7 +128,11 @@ class SideChannelCodec:
     def encode(self, name: str, weight: torch.Tensor) -> TensorLatent:
         """The wrapped codec's latent with `side` = (indices, exact values as float32)."""
         latent = self.codec.encode(name, weight)
-        idx = top_salient(weight, side_count(weight.numel(), self.fraction), self._h(name, weight.shape))
+        k, h = side_count(weight.numel(), self.fraction), self._h(name, weight.shape)
+        if self.select == "error":
+            idx = top_errors(weight, self.codec.decode(name, latent), k, h)
+        else:
+            idx = top_salient(weight, k, h)
         latent.side = (idx, weight.detach().reshape(-1)[idx].to(torch.float32).clone())
         return latent
 

@@ -26,7 +26,7 @@ from typing import Literal, get_args
 from tqdm.auto import tqdm
 
 from lsmerge.codecs.pca import BASIS_PER, BasisPer
-from lsmerge.codecs.side_channel import check_fraction
+from lsmerge.codecs.side_channel import check_fraction, check_selection
 from lsmerge.data.chunking import Layout
 from lsmerge.errors import LsMergeError
 from lsmerge.io.archmap import expand_kinds
@@ -148,6 +148,7 @@ def merge(
     allow_partial_codec: bool = False,
     device: str = "cpu",
     side_channel: float = 0.0,
+    side_select: str = "error",
     importance: str | None = None,
 ) -> str:
     """LS-Merge: combine models in a codec's latent space (VAE or PCA), across architectures with OT.
@@ -219,11 +220,13 @@ def merge(
             on [mlp] with kinds [mlp, attn]; the uncovered ones go to fallback_method. Without it
             that is an error naming how many are not covered.
         device: task_vector codec: where its SVDs and basis products run, cpu | cuda | auto.
-        side_channel: keep this fraction (in (0, 0.5], e.g. 0.01) of each input tensor's most salient
-            entries (w^2 h_j) exact beside its code (`lsmerge.codecs.side_channel`) and carry them into
+        side_channel: keep this fraction (in (0, 0.5], e.g. 0.01) of each input tensor's entries
+            exact beside its code (`lsmerge.codecs.side_channel`) and carry them into
             the merge with the method's coefficients: W = D(z_merged) + sum_i c_i R_i, R_i = W_i -
             D(z_i) on the kept entries. PCA or VAE codec; lerp, soup, self (c = 1 - lam) and
             task_arithmetic (the base too) only; delta: none. 0 = off.
+        side_select: which entries the side channel keeps: error (default; largest (w - D(z))^2 h_j,
+            the greedy optimum for the output-weighted error) or saliency (largest w^2 h_j).
         importance: statistics of `lsmerge importance` for the side channel's saliency, or of a saved
             codec fitted with importance weighting (default: the file beside it).
     Returns: the output folder.
@@ -261,6 +264,7 @@ def merge(
         raise LsMergeError(f"base {base_path} is also listed in models; its task vector would be zero. Remove it from models.")
     _check_delta(m, delta, base_path is not None)
     _check_side_channel(m, delta, codecs, side_channel, importance)
+    check_selection(side_select)
     if lam is None:
         lam = m.default_lam
     weights = _check_values(m, n, lam, lam_schedule, weights, density, samples, temperature)
@@ -297,7 +301,7 @@ def merge(
     cs = CodecSettings(kind_set=kind_set, kinds=kinds, chunk_size=chunk_size, rank=rank, pca_basis=pca_basis,
                        layout=layout, save_codec=save_codec, progress=progress, layer_pattern=layer_pattern,
                        allow_partial_codec=allow_partial_codec, rank_fraction=rank_fraction, device=dev,
-                       side_channel=side_channel, importance=importance)
+                       side_channel=side_channel, side_select=side_select, importance=importance)
     if m.architectures == "two":
         job = HeteroJob(m, model_stores[0], model_stores[1], codecs, params, lam_schedule, dim_match, delta, cs)
     else:

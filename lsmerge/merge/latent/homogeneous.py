@@ -46,6 +46,7 @@ class CodecSettings:
     rank_fraction: float | None = None
     device: str = "cpu"
     side_channel: float = 0.0
+    side_select: str = "error"
     importance: str | None = None
 
 
@@ -84,7 +85,8 @@ class HomogeneousJob:
             self.codec = TaskVectorCodec.fit(base, models, selected, rank_fraction=cs.rank_fraction, rank=cs.rank,
                                              family=model_family(ref.config), device=cs.device)
         else:
-            self.codec = load_codec(codec_spec, device=cs.device, importance=cs.importance, side_channel=cs.side_channel)
+            self.codec = load_codec(codec_spec, device=cs.device, importance=cs.importance, side_channel=cs.side_channel,
+                                    side_select=cs.side_select)
             if isinstance(self.codec, TaskVectorCodec):
                 self._task_vector_checks(delta)
                 self.codec = self.codec.bind(base, models).truncated(cs.rank_fraction, cs.rank)
@@ -97,7 +99,7 @@ class HomogeneousJob:
             self.codec.save(cs.save_codec)
         if codec_spec == "pca" and cs.side_channel:
             stats = ImportanceStats.load(cs.importance) if cs.importance else None
-            self.codec = SideChannelCodec(self.codec, cs.side_channel, stats)
+            self.codec = SideChannelCodec(self.codec, cs.side_channel, stats, cs.side_select)
         # inputs' exact corrections combined with the method's coefficients (`decode_merged`): the side channel,
         # or delta: latent through a VAE over task-vector codes (lsmerge.codecs.task_code_vae)
         self.side = isinstance(self.codec, SideChannelCodec) or (isinstance(self.codec, TaskCodeVAECodec) and delta == "latent")

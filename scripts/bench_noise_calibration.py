@@ -216,7 +216,7 @@ def main() -> None:
     p.add_argument("--skip_noise", action="store_true", help="only the base row and the codec rows")
     p.add_argument("--only", default=None, help="regex: keep only the perturbation rows whose name matches")
     p.add_argument("--pca_rank", type=int, default=None, help="add PCA codec rows of this rank")
-    p.add_argument("--vae", default=None, help="add codec rows of this weight-VAE checkpoint (rows plain, s, m)")
+    p.add_argument("--vae", default=None, help="add codec rows of this weight-VAE checkpoint (rows plain, s, m, e)")
     p.add_argument("--rounding", default=None, choices=["int8", "int4"],
                    help="add codec rows of int8 / int4 rounding as a codec (rows plain, s, m): the side channel on it")
     p.add_argument("--chunk_size", type=int, default=64)

@@ -168,6 +168,18 @@ def test_pipeline_end_to_end_and_cached(world, tmp_path):
     assert "control: known perturbation, the noise reference" in recon
     # the VAE fit ran from the derived config, and its checkpoint was used
     assert (root / "out/vae/r2/done.json").is_file() and (root / "out/models/recon-vae-ratio-2/config.json").is_file()
+    # every step's wall time is recorded and summed: prepare, fit, builds, scores, sweep, inspect, generations, judge
+    cost = text[text.index("## What the run costs"):]
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in cost.splitlines()
+             if line.startswith("| ") and not line.startswith(("| steps", "| ---"))]
+    kinds = {c[0]: c[1:4] for c in cells}
+    n_rows = len(_plan(root, paths)["rows"])
+    n_commands = sum("command" in r for r in _plan(root, paths)["rows"])
+    assert kinds["prepare (fetch, experts, statistics)"] == ["1", kinds["prepare (fetch, experts, statistics)"][1], ""]
+    assert kinds["VAE fits"][0] == "1" and kinds["row builds"][0] == str(n_commands) and kinds["row scoring"][0] == str(n_rows)
+    assert kinds["sweep, inspect, judge"][0] == "5"  # sweep, inspect, two generations, one judge
+    assert all(v[2] == "" for v in kinds.values()), kinds  # nothing without a record
+    assert "Steps without a recorded time" not in cost
     # second run: nothing is trained, built, scored, generated or judged again
     said = []
     Runner(load_plan(plan_path), say=said.append).run()
@@ -279,6 +291,12 @@ def test_derived_fit_config_and_ratio():
         (lambda p: p["weight_error"].update(recon={"against": "TIES"}), "against 'TIES' is not a row of that group"),
         (lambda p: p["weight_error"].update(recon={"against": "VAE ratio 2"}), "must come before the group's other rows"),
         (lambda p: p["weight_error"].update(recon={"kind": ["mlp"]}), "keys among"),
+        (lambda p: p["prepare"][0].update(cost_records={"files": []}), "cost_records must be"),
+        (lambda p: p["prepare"][0].update(cost_records={"files": ["a.json"], "field": 3}), "cost_records must be"),
+        (lambda p: p["prepare"][0].pop("creates"), "must have argv and creates"),
+        (lambda p: p["prepare"][0].update(when="later"), "must have argv and creates"),
+        (lambda p: p.update(time_budget_hours=0), "time_budget_hours must be a positive number"),
+        (lambda p: p.update(time_budget_hours="3h"), "time_budget_hours must be a positive number"),
     ],
 )
 def test_bad_plans_are_refused_before_any_work(world, tmp_path, change, message):
@@ -336,3 +354,45 @@ def test_partial_run_computes_nothing_and_lists_the_rows_it_leaves_out(world, tm
         if head.startswith("| row |"):
             assert rule.count("---") == head.count("|") - 1, (head, rule)
     assert not any(s.startswith(("build", "score", "generate", "judge")) for s in said)
+
+
+def test_cost_ledger_by_hand(tmp_path):
+    from lsmerge.results.cost import KINDS, StepCost, field_seconds, ledger_lines
+
+    prep, fits, builds, scores, extras = KINDS
+    costs = [StepCost(prep, "experts", 1800.0), StepCost(fits, "r1", 300.0), StepCost(builds, "a", 30.0),
+             StepCost(scores, "a", 60.0), StepCost(scores, "b (same files as a)", 0.0), StepCost(extras, "sweep", 90.0)]
+    lines = ledger_lines(costs, budget_hours=1)
+    assert "| row scoring | 2 | 1.0 |  |" in lines and "| **all** | 6 | **38.0** (0.63 h) |  |" in lines
+    assert lines[-1].endswith("Against the 1 h target: within.")
+    over = ledger_lines(costs + [StepCost(fits, "r2", 3000.0)], budget_hours=1)
+    assert "| VAE fits | 2 | 55.0 |  |" in over and over[-1].endswith("target: over.")
+    unknown = ledger_lines(costs + [StepCost(prep, "fetch", None)], budget_hours=1)
+    assert "| prepare (fetch, experts, statistics) | 2 | 30.0 | 1 |" in unknown
+    assert any("not decidable" in line for line in unknown) and unknown[-1].startswith("Steps without a recorded time")
+    assert "fetch (prepare" in unknown[-1]
+    # a step's cost from the records it writes
+    (tmp_path / "a.json").write_text('{"training": {"train_seconds": 12.5}}')
+    (tmp_path / "b.json").write_text('{"training": {"train_seconds": 7.5}}')
+    (tmp_path / "c.json").write_text('{"training": {}}')
+    files = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    assert field_seconds(files, "training.train_seconds") == 20.0
+    assert field_seconds(files + [str(tmp_path / "c.json")], "training.train_seconds") is None
+    assert field_seconds(files + [str(tmp_path / "none.json")], "training.train_seconds") is None
+
+
+def test_prepare_step_time_is_kept_only_when_it_did_the_work(tmp_path):
+    from lsmerge.results.pipeline import Runner
+    from lsmerge.results.plan import Plan
+
+    made = tmp_path / "made"
+    step = ["python", "-c", f"import time; time.sleep(0.2); open({str(made)!r}, 'w').write('')"]
+    plan = Plan(out_dir=str(tmp_path / "out"), results=str(tmp_path / "R.md"), plots_dir=str(tmp_path), eval={}, rows=[],
+                prepare=[{"argv": step, "creates": str(made), "always": True}])
+    runner = Runner(plan, say=lambda s: None)
+    assert runner.costs([])[0].seconds is None
+    runner.prepare()
+    first = runner.costs([])[0].seconds
+    assert first >= 0.2
+    runner.prepare()  # an `always` step re-run over its existing output only checks it: the first time stays
+    assert runner.costs([])[0].seconds == first

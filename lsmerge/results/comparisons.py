@@ -2,7 +2,7 @@
 
 Pure functions on a run's records (`{"row": Row, "built": ..., "scores": {"corpora": {corpus:
 {"perplexity", "nll", "window_nll", "window_tokens", ...}}}}`), all rows of a section scored on
-the same windows (`lsmerge.results.pipeline.score_model`):
+the same windows (`lsmerge.results.scoring.score_model`):
 
 - each section's reference row: named in the plan's `references`, or `best-weight-space` (the
   section's best non-control `merge-weights` row: lowest summary number where the section has

@@ -13,19 +13,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from lsmerge.errors import LsMergeError
 from lsmerge.io.atomic import write_text_atomic
 from lsmerge.results.plan import Plan, Row, cli_value, substitute
 from lsmerge.results.checkpoint_content import checkpoint_content_key, weight_errors
+from lsmerge.results.cost import KINDS, StepCost, field_seconds
+from lsmerge.results.scoring import count_tokens, score_model
 from lsmerge.results.vae_runs import write_fit_config
 
 DEFAULT_EVAL_TOKENS = 16384  # test tokens per corpus unless the plan says otherwise
@@ -96,10 +95,14 @@ class Runner:
         self.logs = self.out / "logs"
 
     # -- inputs ------------------------------------------------------------------------------
+    def _prepare_stamp(self, step: dict) -> Path:
+        return self.out / "prepare" / f"{_digest(substitute(step['argv'], self.names))}.json"
+
     def prepare(self) -> None:
         for step in self.plan.prepare:
             creates = Path(substitute(step["creates"], self.names))
-            if creates.exists() and not step.get("always", False):
+            existed = creates.exists()
+            if existed and not step.get("always", False):
                 continue
             argv = [str(a) for a in substitute(step["argv"], self.names)]
             if argv[0] == "lsmerge":
@@ -107,9 +110,34 @@ class Runner:
             elif argv[0] == "python":
                 argv = [sys.executable, *argv[1:]]
             self.say(f"prepare: {' '.join(argv)}")
+            start = time.perf_counter()
             subprocess.run(argv, check=True)
             if not creates.exists():
                 raise LsMergeError(f"prepare step {step['argv']} ran but did not create {creates}.")
+            if not existed:  # it did the work (a re-run of an `always` step only checks it): keep its time
+                _write_json(self._prepare_stamp(step), {"argv": step["argv"], "seconds": time.perf_counter() - start})
+
+    def costs(self, records: list[dict]) -> list[StepCost]:
+        """Every step's recorded wall seconds (`lsmerge.results.cost`): prepare steps (their stamp, or the
+        records named by `cost_records`), VAE fits, row builds and scoring, sweep / inspect / judge."""
+        prep, fits, builds, scores, extras = KINDS
+        out = []
+        for step in self.plan.prepare:
+            rec = step.get("cost_records")
+            if rec:
+                seconds = field_seconds([substitute(f, self.names) for f in rec["files"]], rec["field"])
+            else:
+                seconds = (_read_json(self._prepare_stamp(step)) or {}).get("seconds")
+            out.append(StepCost(prep, " ".join(str(a) for a in step["argv"]), seconds))
+        for run in self.plan.vae_runs:
+            out.append(StepCost(fits, run.name, (_read_json(self.plan.vae_dir(run.name) / "done.json") or {}).get("seconds")))
+        for r in records:
+            if r["row"].command is not None:
+                out.append(StepCost(builds, r["row"].name, r["built"]["seconds"]))
+            out.append(StepCost(scores, r["row"].name, r["scores"].get("seconds")))
+        for label, stamp in self._extra_stamps():
+            out.append(StepCost(extras, label, (_read_json(stamp) or {}).get("seconds")))
+        return out
 
     def train_vaes(self) -> None:
         for run in self.plan.vae_runs:
@@ -265,8 +293,8 @@ class Runner:
             if self.partial:
                 raise NotCached("sweep")
             self.say(f"sweep: lsmerge {' '.join(argv)}")
-            run_lsmerge(argv, self.logs / "sweep.log")
-            _write_json(out / "stamp.json", {"key": key})
+            seconds = run_lsmerge(argv, self.logs / "sweep.log")
+            _write_json(out / "stamp.json", {"key": key, "seconds": seconds})
         dst = Path(self.plan.plots_dir) / "sweep_heatmap.png"
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "sweep_heatmap.png", dst)
@@ -282,7 +310,8 @@ class Runner:
                     continue
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 self.say(f"inspect {model}")
-                run_lsmerge(["inspect", "--model", str(model), "--plot", str(dst)], self.logs / f"inspect-{model.name}.log")
+                seconds = run_lsmerge(["inspect", "--model", str(model), "--plot", str(dst)], self.logs / f"inspect-{model.name}.log")
+                _write_json(self._inspect_stamp(model), {"seconds": seconds})
             plots.append(dst)
         return plots
 
@@ -312,8 +341,8 @@ class Runner:
                 if self.partial:
                     raise NotCached(name)
                 self.say(f"generate {name}")
-                run_lsmerge(argv, self.logs / f"generate-{row.slug}.log")
-                _write_json(path.with_suffix(".json"), {"key": key})
+                seconds = run_lsmerge(argv, self.logs / f"generate-{row.slug}.log")
+                _write_json(path.with_suffix(".json"), {"key": key, "seconds": seconds})
             files[name] = path
         results = []
         for a, b in cfg["pairs"]:
@@ -324,11 +353,27 @@ class Runner:
                 if self.partial:
                     raise NotCached(f"judge {a} vs {b}")
                 self.say(f"judge {a} vs {b}")
-                run_lsmerge(["judge", "--responses_a", str(files[a]), "--responses_b", str(files[b]), "--judge", "local",
+                seconds = run_lsmerge(["judge", "--responses_a", str(files[a]), "--responses_b", str(files[b]), "--judge", "local",
                              "--model", cfg["model"], *judge_flags, "--out", str(out)], self.logs / "judge.log")  # fmt: skip
-                _write_json(out.with_suffix(".stamp.json"), {"key": key})
+                _write_json(out.with_suffix(".stamp.json"), {"key": key, "seconds": seconds})
             results.append({"a": a, "b": b, "summary": json.loads(out.read_text())["summary"], "judge": cfg["model"]})
         return results
+
+    def _inspect_stamp(self, model: Path) -> Path:
+        return self.out / "inspect" / f"{model.name}.json"
+
+    def _extra_stamps(self) -> list[tuple[str, Path]]:
+        """(label, stamp) of every sweep / inspect / generation / judge step of the plan."""
+        stamps = [("sweep", self.out / "sweep" / "stamp.json")] if self.plan.sweep else []
+        stamps += [(f"inspect {m}", self._inspect_stamp(Path(substitute(m, self.names)))) for m in self.plan.inspect]
+        if self.plan.judge:
+            pairs = self.plan.judge["pairs"]
+            for name in sorted({n for pair in pairs for n in pair}):
+                stamps.append((f"generate {name}", self.out / "generate" / f"{self.plan.row(name).slug}.json"))
+            for a, b in pairs:
+                stamps.append((f"judge {a} vs {b}",
+                               self.out / "judge" / f"{self.plan.row(a).slug}__vs__{self.plan.row(b).slug}.stamp.json"))
+        return stamps
 
     # -- all ---------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -351,6 +396,7 @@ class Runner:
             ppl = ", ".join(f"{c} {v['perplexity']:.4g}" for c, v in s["corpora"].items())
             self.say(f"  {row.group} / {row.name}: {ppl}")
         extras = {"sweep": self._extra(self.sweep), "kurtosis": self.inspect(), "judge": self._extra(lambda: self.judge(built))}
+        extras["costs"] = self.costs(records)
         if missing:
             self.say(f"partial: {len(missing)} of {len(self.plan.rows)} rows not cached, left out of the table")
         return write_report(self.plan, records, extras, {**self.eval_settings(), "seed": self.plan.seed}, missing=missing)
@@ -372,57 +418,3 @@ def _checkpoint_key(path: str, row: Row) -> str:
         raise LsMergeError(f"row {row.name!r}: {p} is not a checkpoint folder (no config.json).")
     files = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in p.glob("*.safetensors"))
     return _digest([str(p), files])
-
-
-def _corpus_ids(tokenizer, settings: dict, corpus: str, who: str) -> torch.Tensor:
-    """Token ids of a corpus's split (at most max_tokens scored); too few for min_tokens is an error."""
-    from lsmerge.data.corpora import corpus_path
-    from lsmerge.evaluate.perplexity import encode_text
-
-    path = corpus_path(settings["root"], corpus, settings["split"])
-    if not path.is_file():
-        raise LsMergeError(f"corpus {corpus} ({path}) is missing; run `lsmerge fetch` first.")
-    ids = encode_text(tokenizer, path.read_text(encoding="utf-8"), settings["max_tokens"])
-    need = max(1, settings.get("min_tokens") or 0)
-    if ids.numel() - 1 < need:
-        raise LsMergeError(f"corpus {corpus} ({path}) gives {ids.numel() - 1} tokens to score with the tokenizer of {who}; "
-                           f"the plan's eval asks for at least {need} (min_tokens). Lower min_tokens or use a larger split.")  # fmt: skip
-    return ids
-
-
-def count_tokens(model_path: str, settings: dict, who: str) -> dict[str, int]:
-    """Tokens each corpus gives to score with a checkpoint's tokenizer (checks min_tokens)."""
-    from lsmerge.io.hf import load_tokenizer
-
-    tokenizer = load_tokenizer(model_path)
-    return {c: _corpus_ids(tokenizer, settings, c, who).numel() - 1 for c in settings["corpora"]}
-
-
-def score_model(built: dict, settings: dict) -> dict:
-    """Perplexity of a checkpoint (`built["path"]`) or of a hidden-state mix (`built["hidden"]`)
-    on every corpus, with one tokenisation and one set of windows for both kinds of row, and the
-    per-window scores the paired intervals of the report resample."""
-    from lsmerge.evaluate.perplexity import window_nlls
-    from lsmerge.io.hf import load_causal_lm, load_tokenizer
-    from lsmerge.merge.hidden import HiddenStateMixer, MixedForward, MixSpec
-
-    hidden = built.get("hidden")
-    first = hidden["base"] if hidden else built["path"]
-    tokenizer = load_tokenizer(first)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    model = load_causal_lm(first, settings["dtype"], "cpu")
-    with contextlib.ExitStack() as stack:
-        if hidden:
-            expert = load_causal_lm(hidden["source"], settings["dtype"], "cpu")
-            mixer = stack.enter_context(HiddenStateMixer(model, MixSpec(hidden["operator"], int(hidden["mix_layer"]), float(hidden["beta"]), "all")))
-            model = MixedForward(model, [expert], mixer)
-        out = {}
-        for corpus in settings["corpora"]:
-            ids = _corpus_ids(tokenizer, settings, corpus, first)
-            with torch.inference_mode():
-                sums, counts = window_nlls(model, ids, max_length=settings["max_length"], stride=settings["stride"],
-                                           batch_size=settings["batch_size"], pad_id=pad_id)  # fmt: skip
-            nll = float(sums.sum()) / int(counts.sum())
-            out[corpus] = {"perplexity": math.inf if nll > 709 else math.exp(nll), "nll": nll, "tokens": int(counts.sum()),
-                           "window_nll": sums.tolist(), "window_tokens": counts.tolist()}  # fmt: skip
-    return out

@@ -14,6 +14,10 @@ named paths as `{name}`: the plan's `models` and, for each VAE run, `{vae:<run n
                                         # them every time: for commands that skip finished work
                                         # themselves and must check it, e.g. experts of a budget)
       - {argv: [lsmerge, fetch], creates: checkpoints/base/smollm2-135m-instruct/config.json}
+                                        # cost_records: {files: [JSON], field: training.train_seconds}: the
+                                        # step's cost read from records it writes (a step that skips its own
+                                        # finished work); otherwise its wall time when it last did the work
+    time_budget_hours: 3                # the cost section says whether the recorded steps sum within it
     vae_runs:                           # `lsmerge fit` of a derived config (lsmerge.results.vae_runs)
       - {name: r2-30min, base_config: configs/vae/smollm2_mlp.yaml, ratio: 2, minutes: 30}
       - {name: r1w, base_config: ..., ratio: 1, minutes: 8,      # `overrides`: dotted keys of the fit
@@ -58,6 +62,7 @@ from typing import Any
 import yaml
 
 from lsmerge.errors import LsMergeError
+from lsmerge.results.cost import check_cost_records
 from lsmerge.results.vae_runs import derive_fit_config
 
 ROW_COMMANDS = ("merge", "merge-weights", "export", "perturb")
@@ -68,6 +73,7 @@ CONTROLS = {"input": "input as it is", "zero": "lambda / t / beta = 0", "codec":
             "reference": "known perturbation, the noise reference"}
 BEST_WEIGHT_SPACE = "best-weight-space"
 DEFAULT_BOOTSTRAP = {"resamples": 2000, "confidence": 0.95}
+PREPARE_KEYS = {"argv", "creates", "always", "cost_records"}
 
 
 @dataclass
@@ -128,6 +134,7 @@ class Plan:
     # group -> {against: row name (default: the group's first row), kinds: [mlp], importance: FILE}: each
     # row's relative weight error against that row (and output-weighted with the importance statistics)
     weight_error: dict[str, dict] = field(default_factory=dict)
+    time_budget_hours: float | None = None  # the cost section states whether the recorded steps sum within it
 
     def vae_dir(self, name: str) -> Path:
         return Path(self.vae_root or Path(self.out_dir) / "vae") / name
@@ -288,6 +295,15 @@ def load_plan(path: str | Path) -> Plan:
         plan.row(pair[0]), plan.row(pair[1])
     _check_evaluation(plan, p)
     _check_weight_error(plan, p)
+    for i, step in enumerate(plan.prepare):
+        if not isinstance(step, dict) or not {"argv", "creates"} <= set(step) or set(step) - PREPARE_KEYS:
+            raise LsMergeError(f"results plan {p}: prepare[{i}] must have argv and creates (and optionally always, "
+                               f"cost_records), got {step!r}.")
+        if "cost_records" in step:
+            check_cost_records(step["cost_records"], f"results plan {p}: prepare[{i}]")
+    b = plan.time_budget_hours
+    if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0):
+        raise LsMergeError(f"results plan {p}: time_budget_hours must be a positive number of hours, got {b!r}.")
     for run in plan.vae_runs:  # overrides name sections of the base config (checked before any work)
         if run.overrides:
             if not Path(run.base_config).is_file():

@@ -16,6 +16,7 @@ from lsmerge.evaluate.intervals import Interval
 from lsmerge.evaluate.judge.stats import POSITION_BIASED, judge_position_biased
 from lsmerge.io.atomic import write_text_atomic
 from lsmerge.results.comparisons import SectionComparison, compare_section
+from lsmerge.results.cost import ledger_lines
 from lsmerge.results.plan import CONTROLS, DEFAULT_BOOTSTRAP, Plan, Row, cli_value
 
 
@@ -248,6 +249,8 @@ def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict, 
     if biased:
         lines.append(f"- Pairwise judge: {POSITION_BIASED} on {len(biased)} of {len(extras['judge'])} comparisons (the judge "
                      "changed its choice with the order of the answers on more than half of the pairs).")
+    if extras.get("costs"):
+        lines += ["", "## What the run costs", "", *ledger_lines(extras["costs"], plan.time_budget_hours)]
     if plan.notes.strip():
         lines += ["", "## Notes", "", plan.notes.strip()]
     figures = [("Interpolation curves", curve_png), ("Hidden-state mixing sweep (layer x ratio)", extras.get("sweep"))]

@@ -5,6 +5,7 @@ the judge, then RESULTS.md; a second run reuses every cached step."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -177,7 +178,7 @@ def test_pipeline_end_to_end_and_cached(world, tmp_path):
     n_commands = sum("command" in r for r in _plan(root, paths)["rows"])
     assert kinds["prepare (fetch, experts, statistics)"] == ["1", kinds["prepare (fetch, experts, statistics)"][1], ""]
     assert kinds["VAE fits"][0] == "1" and kinds["row builds"][0] == str(n_commands) and kinds["row scoring"][0] == str(n_rows)
-    assert kinds["sweep, inspect, judge"][0] == "5"  # sweep, inspect, two generations, one judge
+    assert kinds["sweep, inspect, judge, harness"][0] == "5"  # sweep, inspect, two generations, one judge
     assert all(v[2] == "" for v in kinds.values()), kinds  # nothing without a record
     assert "Steps without a recorded time" not in cost
     # second run: nothing is trained, built, scored, generated or judged again
@@ -396,3 +397,49 @@ def test_prepare_step_time_is_kept_only_when_it_did_the_work(tmp_path):
     assert first >= 0.2
     runner.prepare()  # an `always` step re-run over its existing output only checks it: the first time stays
     assert runner.costs([])[0].seconds == first
+
+
+def test_harness_section_scores_a_checkpoint_and_a_hidden_state_row(world, tmp_path):
+    """lm-eval through `lsmerge evaluate --tasks` on chosen rows: a checkpoint (--models) and a hidden-state
+    mix (--mixes), cached, reported with lm-eval's standard error and counted in the cost."""
+    pytest.importorskip("lm_eval")
+    root, paths = world
+    plan = _plan(root, paths)
+    keep = {"expert 1", "expert 2", "hidden SLERP", "TIES"}
+    plan.update(out_dir=str(tmp_path / "out"), results=str(tmp_path / "R.md"), plots_dir=str(tmp_path / "plots"), vae_runs=[],
+                rows=[r for r in plan["rows"] if r["name"] in keep], weight_error={}, judge=None, sweep=None, inspect=[],
+                harness={"tasks": ["continuation_shakespeare"], "rows": ["expert 1", "hidden SLERP"], "task_items": 2,
+                         "batch_size": 2})
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    said = []
+    text = Path(Runner(load_plan(path), say=said.append).run()["results"]).read_text()
+    assert sum(s.startswith("harness ") for s in said) == 2
+    assert any("--mixes" in s and '"operator": "slerp"' in s for s in said if s.startswith("harness hidden SLERP"))
+    section = text[text.index("## lm-evaluation-harness"):text.index("## What the numbers show")]
+    assert "continuation_shakespeare (2 items, 4 choices, chance 0.25)" in section
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"row", "expert 1", "hidden SLERP"}
+    assert "continuation_shakespeare acc" in rows["row"] and " ± " in rows["expert 1"] and " ± " in rows["hidden SLERP"]
+    cost = text[text.index("## What the run costs"):]
+    assert "| sweep, inspect, judge, harness | 2 |" in cost
+    said.clear()
+    Runner(load_plan(path), say=said.append).run()
+    assert not any(s.startswith("harness ") for s in said)  # cached
+
+
+@pytest.mark.parametrize("harness, message", [
+    ({"tasks": ["continuation_shakespeare"]}, "harness must be"),
+    ({"tasks": [], "rows": ["TIES"]}, "harness.tasks must be a non-empty list"),
+    ({"tasks": ["continuation_shakespeare"], "rows": ["nobody"]}, "harness.rows: no row named 'nobody'"),
+    ({"tasks": ["continuation_shakespeare"], "rows": ["TIES"], "task_items": 0}, "harness.task_items must be a positive"),
+    ({"tasks": ["continuation_shakespeare"], "rows": ["TIES"], "colour": 1}, "harness must be"),
+])
+def test_bad_harness_section_is_refused_at_load(world, tmp_path, harness, message):
+    root, paths = world
+    plan = _plan(root, paths)
+    plan["harness"] = harness
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    with pytest.raises(LsMergeError, match=re.escape(message)):
+        load_plan(path)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lsmerge.errors import LsMergeError
 
-KINDS = ("prepare (fetch, experts, statistics)", "VAE fits", "row builds", "row scoring", "sweep, inspect, judge")
+KINDS = ("prepare (fetch, experts, statistics)", "VAE fits", "row builds", "row scoring", "sweep, inspect, judge, harness")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from lsmerge.io.atomic import write_text_atomic
 from lsmerge.results.plan import Plan, Row, cli_value, substitute
 from lsmerge.results.checkpoint_content import checkpoint_content_key, weight_errors
 from lsmerge.results.cost import KINDS, StepCost, field_seconds
+from lsmerge.results.harness_rows import run_harness
 from lsmerge.results.scoring import count_tokens, score_model
 from lsmerge.results.vae_runs import write_fit_config
 
@@ -359,6 +360,13 @@ class Runner:
             results.append({"a": a, "b": b, "summary": json.loads(out.read_text())["summary"], "judge": cfg["model"]})
         return results
 
+    def harness(self, built: dict[str, dict]) -> list[dict]:
+        """`lsmerge evaluate --tasks` on the plan's harness rows (`lsmerge.results.harness_rows`), cached."""
+        if not self.plan.harness:
+            return []
+        return run_harness(self.plan.harness, built, {r.name: r.slug for r in self.plan.rows}, self.eval_settings(),
+                           self.plan.seed, self.out, run_lsmerge, self.say, self.partial, NotCached)
+
     def _inspect_stamp(self, model: Path) -> Path:
         return self.out / "inspect" / f"{model.name}.json"
 
@@ -373,6 +381,8 @@ class Runner:
             for a, b in pairs:
                 stamps.append((f"judge {a} vs {b}",
                                self.out / "judge" / f"{self.plan.row(a).slug}__vs__{self.plan.row(b).slug}.stamp.json"))
+        for name in (self.plan.harness or {}).get("rows", []):
+            stamps.append((f"harness {name}", self.out / "harness" / f"{self.plan.row(name).slug}.stamp.json"))
         return stamps
 
     # -- all ---------------------------------------------------------------------------------
@@ -396,6 +406,7 @@ class Runner:
             ppl = ", ".join(f"{c} {v['perplexity']:.4g}" for c, v in s["corpora"].items())
             self.say(f"  {row.group} / {row.name}: {ppl}")
         extras = {"sweep": self._extra(self.sweep), "kurtosis": self.inspect(), "judge": self._extra(lambda: self.judge(built))}
+        extras["harness"] = self._extra(lambda: self.harness(built))
         extras["costs"] = self.costs(records)
         if missing:
             self.say(f"partial: {len(missing)} of {len(self.plan.rows)} rows not cached, left out of the table")

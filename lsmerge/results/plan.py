@@ -48,6 +48,7 @@ named paths as `{name}`: the plan's `models` and, for each VAE run, `{vae:<run n
     sweep: {base: "{base}", fine_tuned: ["{expert1}"], text: ..., layers: [...], ratios: [...]}
     inspect: ["{base}", "{gemma}"]     # kurtosis-per-layer figures
     judge: {model: "{base}", prompts: FILE, max_new_tokens: 48, pairs: [[row A, row B], ...]}
+    harness: {tasks: [continuation_shakespeare], rows: [base, ...], task_items: 50}   # lm-eval on rows
     notes: "markdown"                   # printed under "Notes" as written
 """
 
@@ -63,6 +64,7 @@ import yaml
 
 from lsmerge.errors import LsMergeError
 from lsmerge.results.cost import check_cost_records
+from lsmerge.results.harness_rows import check_harness
 from lsmerge.results.vae_runs import derive_fit_config
 
 ROW_COMMANDS = ("merge", "merge-weights", "export", "perturb")
@@ -134,6 +136,7 @@ class Plan:
     # group -> {against: row name (default: the group's first row), kinds: [mlp], importance: FILE}: each
     # row's relative weight error against that row (and output-weighted with the importance statistics)
     weight_error: dict[str, dict] = field(default_factory=dict)
+    harness: dict | None = None  # lm-eval tasks on chosen rows (lsmerge.results.harness_rows)
     time_budget_hours: float | None = None  # the cost section states whether the recorded steps sum within it
 
     def vae_dir(self, name: str) -> Path:
@@ -301,6 +304,8 @@ def load_plan(path: str | Path) -> Plan:
                                f"cost_records), got {step!r}.")
         if "cost_records" in step:
             check_cost_records(step["cost_records"], f"results plan {p}: prepare[{i}]")
+    if plan.harness is not None:
+        check_harness(plan.harness, {r.name for r in plan.rows}, f"results plan {p}")
     b = plan.time_budget_hours
     if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0):
         raise LsMergeError(f"results plan {p}: time_budget_hours must be a positive number of hours, got {b!r}.")

@@ -17,6 +17,7 @@ from lsmerge.evaluate.judge.stats import POSITION_BIASED, judge_position_biased
 from lsmerge.io.atomic import write_text_atomic
 from lsmerge.results.comparisons import SectionComparison, compare_section
 from lsmerge.results.cost import ledger_lines
+from lsmerge.results.harness_rows import harness_lines
 from lsmerge.results.plan import CONTROLS, DEFAULT_BOOTSTRAP, Plan, Row, cli_value
 
 
@@ -244,6 +245,8 @@ def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict, 
             else:
                 counts = f"{s['wins']} | {s['ties']} | {s['losses']} | {s['score']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
             lines.append(f"| {j['a']} | {j['b']} | `{j['judge']}` | {s['pairs']} | {counts} | {s.get('position_flips', '')} |")
+    if extras.get("harness"):
+        lines += ["", "## lm-evaluation-harness", "", *harness_lines(plan.harness, extras["harness"])]
     lines += ["", "## What the numbers show", "", *findings(plan, sections, corpora)]
     biased = [j for j in extras.get("judge") or [] if judge_position_biased(j["summary"])]
     if biased:

@@ -364,8 +364,9 @@ class Runner:
         """`lsmerge evaluate --tasks` on the plan's harness rows (`lsmerge.results.harness_rows`), cached."""
         if not self.plan.harness:
             return []
-        return run_harness(self.plan.harness, built, {r.name: r.slug for r in self.plan.rows}, self.eval_settings(),
-                           self.plan.seed, self.out, run_lsmerge, self.say, self.partial, NotCached)
+        slugs = {n: self.plan.row(n).slug for n in self.plan.harness["rows"]}  # a name in several sections: its first row
+        return run_harness(self.plan.harness, built, slugs, self.eval_settings(), self.plan.seed, self.out, run_lsmerge,
+                           self.say, self.partial, NotCached)
 
     def _inspect_stamp(self, model: Path) -> Path:
         return self.out / "inspect" / f"{model.name}.json"

@@ -364,9 +364,12 @@ class Runner:
         """`lsmerge evaluate --tasks` on the plan's harness rows (`lsmerge.results.harness_rows`), cached."""
         if not self.plan.harness:
             return []
-        slugs = {n: self.plan.row(n).slug for n in self.plan.harness["rows"]}  # a name in several sections: its first row
-        return run_harness(self.plan.harness, built, slugs, self.eval_settings(), self.plan.seed, self.out, run_lsmerge,
-                           self.say, self.partial, NotCached)
+        return run_harness(self.plan.harness, built, self._harness_slugs(), self.eval_settings(), self.plan.seed, self.out,
+                           run_lsmerge, self.say, self.partial, NotCached)
+
+    def _harness_slugs(self) -> dict[str, str]:
+        """Row name -> folder name of its harness result (a name in several sections: its last row, as `built`)."""
+        return {r.name: r.slug for r in self.plan.rows}
 
     def _inspect_stamp(self, model: Path) -> Path:
         return self.out / "inspect" / f"{model.name}.json"
@@ -382,8 +385,9 @@ class Runner:
             for a, b in pairs:
                 stamps.append((f"judge {a} vs {b}",
                                self.out / "judge" / f"{self.plan.row(a).slug}__vs__{self.plan.row(b).slug}.stamp.json"))
+        slugs = self._harness_slugs()
         for name in (self.plan.harness or {}).get("rows", []):
-            stamps.append((f"harness {name}", self.out / "harness" / f"{self.plan.row(name).slug}.stamp.json"))
+            stamps.append((f"harness {name}", self.out / "harness" / f"{slugs[name]}.stamp.json"))
         return stamps
 
     # -- all ---------------------------------------------------------------------------------

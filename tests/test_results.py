@@ -405,10 +405,10 @@ def test_harness_section_scores_a_checkpoint_and_a_hidden_state_row(world, tmp_p
     pytest.importorskip("lm_eval")
     root, paths = world
     plan = _plan(root, paths)
-    keep = {"expert 1", "expert 2", "hidden SLERP", "TIES"}
+    keep = {"expert 1", "expert 2", "hidden SLERP", "TIES", "linear 0.5"}
     plan.update(out_dir=str(tmp_path / "out"), results=str(tmp_path / "R.md"), plots_dir=str(tmp_path / "plots"), vae_runs=[],
                 rows=[r for r in plan["rows"] if r["name"] in keep], weight_error={}, judge=None, sweep=None, inspect=[],
-                harness={"tasks": ["continuation_shakespeare"], "rows": ["expert 1", "hidden SLERP"], "task_items": 2,
+                harness={"tasks": ["continuation_shakespeare"], "rows": ["linear 0.5", "hidden SLERP"], "task_items": 2,
                          "batch_size": 2})
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
@@ -419,8 +419,8 @@ def test_harness_section_scores_a_checkpoint_and_a_hidden_state_row(world, tmp_p
     section = text[text.index("## lm-evaluation-harness"):text.index("## What the numbers show")]
     assert "continuation_shakespeare (2 items, 4 choices, chance 0.25)" in section
     rows = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| ") and "---" not in line}
-    assert set(rows) == {"row", "expert 1", "hidden SLERP"}
-    assert "continuation_shakespeare acc" in rows["row"] and " ± " in rows["expert 1"] and " ± " in rows["hidden SLERP"]
+    assert set(rows) == {"row", "linear 0.5", "hidden SLERP"}  # a name with a dot: its own result files
+    assert "continuation_shakespeare acc" in rows["row"] and " ± " in rows["linear 0.5"] and " ± " in rows["hidden SLERP"]
     cost = text[text.index("## What the run costs"):]
     assert "| sweep, inspect, judge, harness | 2 |" in cost
     said.clear()

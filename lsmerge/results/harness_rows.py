@@ -69,12 +69,12 @@ def run_harness(spec: dict, built: dict[str, dict], slugs: dict[str, str], setti
         stem = out_dir / "harness" / slugs[name]
         argv = evaluate_argv(spec, name, built[name], settings, seed, stem)
         key = hashlib.sha256(json.dumps([built[name]["key"], argv], sort_keys=True).encode()).hexdigest()[:16]
-        stamp = stem.with_suffix(".stamp.json")
+        stamp, result = stem.parent / f"{stem.name}.stamp.json", stem.parent / f"{stem.name}.json"  # slugs hold dots
         try:
             cached = json.loads(stamp.read_text())
         except (OSError, ValueError):
             cached = None
-        if not (cached and cached.get("key") == key and stem.with_suffix(".json").is_file()):
+        if not (cached and cached.get("key") == key and result.is_file()):
             if partial:
                 raise not_cached(f"harness {name}")
             say(f"harness {name}: lsmerge {' '.join(argv)}")
@@ -82,7 +82,7 @@ def run_harness(spec: dict, built: dict[str, dict], slugs: dict[str, str], setti
             seconds = run(argv, out_dir / "logs" / f"harness-{slugs[name]}.log")
             stamp.write_text(json.dumps({"key": key, "seconds": seconds}) + "\n")
             cached = {"seconds": seconds}
-        scores = json.loads(stem.with_suffix(".json").read_text())["results"]
+        scores = json.loads(result.read_text())["results"]
         results.append({"row": name, "scores": scores, "seconds": cached.get("seconds")})
     return results
 

@@ -62,9 +62,9 @@ def export(
 
     from lsmerge.io.hf import resolve_model
 
+    check_selection(side_select)
     if side_channel:
         check_fraction(side_channel)
-        check_selection(side_select)
     store = open_checkpoint(resolve_model(model))
     check_output_dir(out, [store.path], overwrite)
     ckpt = read_vae_checkpoint(vae)

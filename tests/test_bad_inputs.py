@@ -337,6 +337,8 @@ ROWS = [
      "--side_channel", "-0.01", "--out", o], "(0, 0.5]"),
     ("export-side-select-unknown", lambda b, o: ["export", "--vae", str(b.vae), "--model", str(b.deep_a),
      "--side_channel", "0.01", "--side_select", "biggest", "--out", o], "unknown side-channel selection"),
+    ("export-side-select-unknown-no-channel", lambda b, o: ["export", "--vae", str(b.vae), "--model", str(b.deep_a),
+     "--side_select", "biggest", "--out", o], "unknown side-channel selection"),
     ("merge-weighted-codec-no-statistics", lambda b, o: ["merge", "--models", f"[{b.w.e1},{b.w.e2}]", "--kinds", "[mlp]",
      "--codec", str(b.root / "weighted_pca"), "--progress", "false", "--out", o], "importance weighting"),
     ("fit-output-weighting-no-importance", lambda b, o: ["fit", "--config", "configs/vae/tiny.yaml",

@@ -426,6 +426,12 @@ def test_harness_section_scores_a_checkpoint_and_a_hidden_state_row(world, tmp_p
     said.clear()
     Runner(load_plan(path), say=said.append).run()
     assert not any(s.startswith("harness ") for s in said)  # cached
+    # a task name that resolves nowhere stops the run before any row is built, naming the available ones
+    plan.update(out_dir=str(tmp_path / "never"), harness={**plan["harness"], "tasks": ["continuation_klingon"]})
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    with pytest.raises(LsMergeError, match="unknown task 'continuation_klingon'.*continuation_shakespeare"):
+        Runner(load_plan(path), say=lambda s: None).run()
+    assert not (tmp_path / "never" / "models").exists()
 
 
 @pytest.mark.parametrize("harness, message", [

@@ -45,6 +45,16 @@ def check_harness(spec, row_names: set[str], where: str) -> dict:
     return spec
 
 
+def check_tasks(spec: dict, settings: dict) -> None:
+    """Before any work of a run (after the corpora are fetched): lm-eval is installed and every task
+    name resolves (`lsmerge evaluate --tasks`'s own checks: unknown names are listed with the available ones)."""
+    from lsmerge.evaluate.harness import require_lm_eval
+    from lsmerge.evaluate.harness_command import resolve_task_names
+
+    require_lm_eval()
+    resolve_task_names(list(spec["tasks"]), str(settings["root"]), settings["split"], None)
+
+
 def evaluate_argv(spec: dict, name: str, built: dict, settings: dict, seed: int, out: Path) -> list[str]:
     """`lsmerge evaluate` arguments for one row (a checkpoint, or a hidden-state mix labelled `name`)."""
     argv = ["evaluate", "--tasks", json.dumps(spec["tasks"]), "--split", settings["split"], "--root", str(settings["root"]),

@@ -24,7 +24,7 @@ from lsmerge.io.atomic import write_text_atomic
 from lsmerge.results.plan import Plan, Row, cli_value, substitute
 from lsmerge.results.checkpoint_content import checkpoint_content_key, weight_errors
 from lsmerge.results.cost import KINDS, StepCost, field_seconds
-from lsmerge.results.harness_rows import run_harness
+from lsmerge.results.harness_rows import check_tasks, run_harness
 from lsmerge.results.scoring import count_tokens, score_model
 from lsmerge.results.vae_runs import write_fit_config
 
@@ -397,6 +397,8 @@ class Runner:
         if not self.partial:
             self.prepare()
             self.check_corpora()
+            if self.plan.harness:
+                check_tasks(self.plan.harness, self.eval_settings())  # a misspelt task fails now, not after the rows
             self.train_vaes()
         records, built, missing = [], {}, []
         for row in self.plan.rows:

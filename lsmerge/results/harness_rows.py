@@ -11,7 +11,7 @@ Each row runs as one `lsmerge evaluate` on its checkpoint (`--models`) or its hi
 weight merges), on the plan's eval split and corpora root, seeded with the plan's seed; the
 result is cached under `<out_dir>/harness/<row>.json`, keyed by the row's model and the settings.
 The section reports each metric as value ± lm-eval's standard error; no better / worse is claimed
-from it (the items are few; the perplexity tables carry the paired intervals).
+from it (no paired interval; the perplexity tables carry those).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from lsmerge.errors import LsMergeError
+from lsmerge.io.atomic import write_text_atomic
 
 KEYS = {"tasks", "rows", "task_items", "task_choices", "batch_size"}
 
@@ -90,7 +91,7 @@ def run_harness(spec: dict, built: dict[str, dict], slugs: dict[str, str], setti
             say(f"harness {name}: lsmerge {' '.join(argv)}")
             stem.parent.mkdir(parents=True, exist_ok=True)
             seconds = run(argv, out_dir / "logs" / f"harness-{slugs[name]}.log")
-            stamp.write_text(json.dumps({"key": key, "seconds": seconds}) + "\n")
+            write_text_atomic(stamp, json.dumps({"key": key, "seconds": seconds}) + "\n")
             cached = {"seconds": seconds}
         scores = json.loads(result.read_text())["results"]
         results.append({"row": name, "scores": scores, "seconds": cached.get("seconds")})
@@ -105,7 +106,7 @@ def harness_lines(spec: dict, results: list[dict]) -> list[str]:
     lines = [f"`lsmerge evaluate --tasks` (lm-evaluation-harness, zero-shot multiple choice) on the plan's held-out split: "
              + ", ".join(f"{t} ({n[t]} items, {spec.get('task_choices', 4)} choices, chance {1 / spec.get('task_choices', 4):.2f})"
                          for t in dict.fromkeys(t for t, _ in columns))
-             + ". Value ± lm-eval's standard error; with this few items no row is called better or worse from this table.",
+             + ". Value ± lm-eval's standard error (not a paired interval: no row is called better or worse from this table).",
              "", head, "|" + " --- |" * (head.count("|") - 1)]
     for r in results:
         cell = {(s["task"], s["metric"]): f"{s['value']:.3f}" + (f" ± {s['stderr']:.3f}" if s["stderr"] is not None else "")

@@ -125,25 +125,22 @@ class SideChannelCodec:
             return None
         return self.importance.for_tensor(name, tuple(shape))
 
-    def encode(self, name: str, weight: torch.Tensor) -> TensorLatent:
-        """The wrapped codec's latent with `side` = (indices, exact values as float32)."""
+    def _encode(self, name: str, weight: torch.Tensor) -> tuple[TensorLatent, torch.Tensor | None]:
+        """(latent with its side channel, the plain decoding D(z) when the selection needed it, else None)."""
         latent = self.codec.encode(name, weight)
         k, h = side_count(weight.numel(), self.fraction), self._h(name, weight.shape)
-        if self.select == "error":
-            idx = top_errors(weight, self.codec.decode(name, latent), k, h)
-        else:
-            idx = top_salient(weight, k, h)
+        plain = self.codec.decode(name, latent) if self.select == "error" else None
+        idx = top_errors(weight, plain, k, h) if plain is not None else top_salient(weight, k, h)
         latent.side = (idx, weight.detach().reshape(-1)[idx].to(torch.float32).clone())
-        return latent
+        return latent, plain
+
+    def encode(self, name: str, weight: torch.Tensor) -> TensorLatent:
+        """The wrapped codec's latent with `side` = (indices, exact values as float32)."""
+        return self._encode(name, weight)[0]
 
     def decode(self, name: str, latent: TensorLatent) -> torch.Tensor:
         """The wrapped codec's decoding with the side channel's entries written back exactly."""
-        out = self.codec.decode(name, latent)
-        if latent.side is not None:
-            idx, values = latent.side
-            out = out.clone()
-            out.view(-1)[idx] = values.to(out.dtype)
-        return out
+        return _write_side(self.codec.decode(name, latent), latent.side)
 
     def decode_merged(self, name: str, merged: TensorLatent, inputs: Sequence[TensorLatent],
                       coeffs: Sequence[float]) -> torch.Tensor:
@@ -162,13 +159,25 @@ class SideChannelCodec:
         return self.codec.sample(name, weight, n, temperature, generator=generator)
 
     def reconstruct(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        """decode(encode(W)) in W's dtype."""
-        return self.decode(name, self.encode(name, weight)).to(weight.dtype)
+        """decode(encode(W)) in W's dtype (one decoding: the error selection's is reused)."""
+        latent, plain = self._encode(name, weight)
+        out = _write_side(plain, latent.side) if plain is not None else self.decode(name, latent)
+        return out.to(weight.dtype)
 
     def compression(self, latent: TensorLatent, latent_dtype: torch.dtype = torch.float32) -> dict:
         """Stated size of one encoded tensor, side channel counted (module doc)."""
         return compression(math.prod(latent.shape), latent.z.numel() + latent.norm.numel(),
                            0 if latent.side is None else latent.side[0].numel(), latent_dtype)
+
+
+def _write_side(decoded: torch.Tensor, side: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """A copy of `decoded` with the side channel's exact values written at its indices (as is without one)."""
+    if side is None:
+        return decoded
+    idx, values = side
+    out = decoded.clone()
+    out.view(-1)[idx] = values.to(out.dtype)
+    return out
 
 
 def compression(numel: int, latent_values: int, k: int, latent_dtype: torch.dtype = torch.float32) -> dict:

@@ -329,7 +329,7 @@ class Runner:
         files = {}
         for name in rows_needed:
             row, b = self.plan.row(name), built[name]
-            path = self.out / "generate" / f"{row.slug}.jsonl"
+            path = self._generation(name)
             key = _digest([b["key"], gen, _file_digest(gen["prompts"])])
             if not _fresh(path.with_suffix(".json"), key, path):
                 if b.get("hidden"):
@@ -347,7 +347,7 @@ class Runner:
             files[name] = path
         results = []
         for a, b in cfg["pairs"]:
-            out = self.out / "judge" / f"{self.plan.row(a).slug}__vs__{self.plan.row(b).slug}.json"
+            out = self._verdict(a, b)
             judge_flags = _flags(cfg.get("judge_args", {}))
             key = _digest([_file_digest(files[a]), _file_digest(files[b]), cfg.get("model"), judge_flags])
             if not _fresh(out.with_suffix(".stamp.json"), key, out):
@@ -371,6 +371,14 @@ class Runner:
         """Row name -> folder name of its harness result (a name in several sections: its last row, as `built`)."""
         return {r.name: r.slug for r in self.plan.rows}
 
+    def _generation(self, name: str) -> Path:
+        """A judged row's generations (JSONL); its stamp is the same path with .json."""
+        return self.out / "generate" / f"{self.plan.row(name).slug}.jsonl"
+
+    def _verdict(self, a: str, b: str) -> Path:
+        """The judge's verdict on a pair (JSON); its stamp is the same path with .stamp.json."""
+        return self.out / "judge" / f"{self.plan.row(a).slug}__vs__{self.plan.row(b).slug}.json"
+
     def _inspect_stamp(self, model: Path) -> Path:
         return self.out / "inspect" / f"{model.name}.json"
 
@@ -381,10 +389,9 @@ class Runner:
         if self.plan.judge:
             pairs = self.plan.judge["pairs"]
             for name in sorted({n for pair in pairs for n in pair}):
-                stamps.append((f"generate {name}", self.out / "generate" / f"{self.plan.row(name).slug}.json"))
+                stamps.append((f"generate {name}", self._generation(name).with_suffix(".json")))
             for a, b in pairs:
-                stamps.append((f"judge {a} vs {b}",
-                               self.out / "judge" / f"{self.plan.row(a).slug}__vs__{self.plan.row(b).slug}.stamp.json"))
+                stamps.append((f"judge {a} vs {b}", self._verdict(a, b).with_suffix(".stamp.json")))
         slugs = self._harness_slugs()
         for name in (self.plan.harness or {}).get("rows", []):
             stamps.append((f"harness {name}", self.out / "harness" / f"{slugs[name]}.stamp.json"))

@@ -38,13 +38,16 @@ def test_checkpoint_and_beta_zero_mix_score_alike(tiny_world, corpus_root, tmp_p
                     "--tasks", "[continuation_tiny]", "--root", str(corpus_root), "--task_items", "8",
                     "--batch_size", "4", "--out", str(out)], capsys)  # fmt: skip
     rows = json.loads((out.with_suffix(".json")).read_text())["results"]
-    assert (out.with_suffix(".csv")).read_text().startswith("model,task,metric,value,stderr,n_items,model_path")
+    assert (out.with_suffix(".csv")).read_text().splitlines()[0] == "model,task,metric,value,stderr,n_items,model_path"
     by = {(r["model"], r["metric"]): r for r in rows}
     assert {m for m, _ in by} == {"base", "e1", "mix0"} and {k for _, k in by} == {"acc", "acc_norm"}
     for metric in ("acc", "acc_norm"):
         base, mix0 = by[("base", metric)], by[("mix0", metric)]
         assert (mix0["value"], mix0["stderr"]) == (base["value"], base["stderr"])
         assert base["n_items"] == 8 and 0.0 <= base["value"] <= 1.0 and base["stderr"] > 0
+        # each item's metric, in doc order: their mean is the value, and beta = 0 answers item by item as the base
+        assert len(base["items"]) == 8 and set(base["items"]) <= {0.0, 1.0}
+        assert sum(base["items"]) / 8 == pytest.approx(base["value"]) and mix0["items"] == base["items"]
     assert "continuation_tiny/acc" in printed and "mix0" in printed
     settings = json.loads((out.with_suffix(".json")).read_text())["settings"]
     assert settings["task_spec"]["items"] == 8 and settings["mixes"][0]["beta"] == 0.0

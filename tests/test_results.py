@@ -188,12 +188,19 @@ def test_pipeline_end_to_end_and_cached(world, tmp_path):
     assert work == [] and len(said) == len(_plan(root, paths)["rows"]), said
 
 
-@pytest.mark.parametrize("plan_file", ["configs/results/smollm2.yaml", "configs/results/smollm2_four_experts.yaml"])
+SHIPPED_PLANS = ["configs/results/smollm2.yaml", "configs/results/smollm2_codec.yaml",
+                 "configs/results/smollm2_hetero_modules.yaml", "configs/results/smollm2_four_experts.yaml"]
+
+
+@pytest.mark.parametrize("plan_file", SHIPPED_PLANS)
 def test_shipped_plan_has_control_rows_and_the_evaluation_settings(plan_file):
     """Every section of a shipped plan has its inputs as they are; every curve and hidden-state mix its
-    zero point; every section with codec rows an encode-decode without merging; enough test tokens."""
+    zero point; every section with codec rows an encode-decode without merging; enough test tokens;
+    every plan with experts among its rows names them as the corpora's own (the summary number)."""
     plan = load_plan(plan_file)
-    assert plan.eval["max_tokens"] >= 16384 and set(plan.domain_experts) == set(plan.eval["corpora"])
+    assert plan.eval["max_tokens"] >= 16384
+    has_experts = any(r.name.startswith("expert") and r.control == "input" for r in plan.rows)
+    assert set(plan.domain_experts) == (set(plan.eval["corpora"]) if has_experts else set())
     assert set(plan.references) == set(plan.groups)
     for group in plan.groups:
         rows = [r for r in plan.rows if r.group == group]
@@ -209,6 +216,23 @@ def test_shipped_plan_has_control_rows_and_the_evaluation_settings(plan_file):
             assert any(r.command == "merge" and r.args.get("lam") == 0 and r.control == "zero" for r in rows), group
     for name in plan.domain_experts.values():
         assert plan.row(name).control == "input"
+
+
+def test_smollm2_plans_share_one_cache_and_never_disagree_on_a_row():
+    """The default plan and its companions write to one out_dir (a row, fit or prepare step done by one
+    is reused by the others), and a row name that occurs in two of them is the same row there."""
+    plans = [load_plan(f) for f in SHIPPED_PLANS[:3]]
+    assert len({p.out_dir for p in plans}) == 1 and len({p.results for p in plans}) == 3
+    assert len({p.plots_dir for p in plans}) == 3  # no companion overwrites another plan's plots
+    fits = {}
+    for p in plans:
+        for run in p.vae_runs:
+            assert fits.setdefault(run.name, run) == run, run.name
+    rows = {}
+    for p in plans:
+        for r in p.rows:
+            same = rows.setdefault(r.slug, r)
+            assert (same.command, same.args, same.model, same.config) == (r.command, r.args, r.model, r.config), r.name
 
 
 def test_vae_run_overrides_set_dotted_keys_and_a_missing_section_is_refused(world, tmp_path):
@@ -421,6 +445,9 @@ def test_harness_section_scores_a_checkpoint_and_a_hidden_state_row(world, tmp_p
     rows = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| ") and "---" not in line}
     assert set(rows) == {"row", "linear 0.5", "hidden SLERP"}  # a name with a dot: its own result files
     assert "continuation_shakespeare acc" in rows["row"] and " ± " in rows["linear 0.5"] and " ± " in rows["hidden SLERP"]
+    # the first row is the reference; the other carries its paired interval over the same items and a verdict
+    assert "<br>reference" in rows["linear 0.5"] and "difference to **linear 0.5**" in section
+    assert re.search(r"<br>[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] (better|level|worse)", rows["hidden SLERP"])
     cost = text[text.index("## What the run costs"):]
     assert "| sweep, inspect, judge, harness | 2 |" in cost
     said.clear()
@@ -440,6 +467,7 @@ def test_harness_section_scores_a_checkpoint_and_a_hidden_state_row(world, tmp_p
     ({"tasks": ["continuation_shakespeare"], "rows": ["nobody"]}, "harness.rows: no row named 'nobody'"),
     ({"tasks": ["continuation_shakespeare"], "rows": ["TIES"], "task_items": 0}, "harness.task_items must be a positive"),
     ({"tasks": ["continuation_shakespeare"], "rows": ["TIES"], "colour": 1}, "harness must be"),
+    ({"tasks": ["continuation_shakespeare"], "rows": ["TIES"], "reference": "base"}, "harness.reference 'base' is not one of"),
 ])
 def test_bad_harness_section_is_refused_at_load(world, tmp_path, harness, message):
     root, paths = world
@@ -449,3 +477,32 @@ def test_bad_harness_section_is_refused_at_load(world, tmp_path, harness, messag
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     with pytest.raises(LsMergeError, match=re.escape(message)):
         load_plan(path)
+
+
+def _harness_result(row, items, task="t"):
+    value = sum(items) / len(items)
+    return {"row": row, "scores": [{"model": row, "task": task, "metric": "acc", "value": value, "stderr": 0.1,
+                                    "n_items": len(items), "model_path": row, "items": items}]}
+
+
+def test_harness_intervals_are_paired_over_items_and_read_higher_as_better():
+    """Differences to the reference on the same items: a row right on 12 more of 40 items is better, one
+    wrong on them worse, a copy level at exactly 0; a row on other items is refused, one without items
+    gets no interval."""
+    from lsmerge.results.harness_rows import harness_lines, paired_items
+
+    ref = [1.0, 0.0] * 20
+    up = [1.0 if i < 24 else v for i, v in enumerate(ref)]  # 12 of the wrong answers turned right
+    results = [_harness_result("ref", ref), _harness_result("up", up), _harness_result("down", [1 - v for v in up]),
+               _harness_result("copy", list(ref)), {"row": "old", "scores": [{**_harness_result("old", ref)["scores"][0], "items": None}]}]
+    lines = harness_lines({"tasks": ["t"], "rows": [r["row"] for r in results], "reference": "ref"}, results, {"resamples": 500}, seed=1)
+    cell = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "---" not in line}
+    assert "<br>reference" in cell["ref"]
+    assert re.search(r"<br>\+0\.300 \[\+0\.\d{3}, \+0\.\d{3}\] better", cell["up"]), cell["up"]
+    assert "<br>-0.300 [" in cell["down"] and cell["down"].endswith("worse |")
+    assert "<br>+0.000 [+0.000, +0.000] level" in cell["copy"]
+    assert "<br>" not in cell["old"]
+    iv = paired_items(results[1]["scores"][0], results[0]["scores"][0], resamples=500, confidence=0.95, seed=1)
+    assert iv.estimate == pytest.approx(0.3) and 0 < iv.low < 0.3 < iv.high
+    with pytest.raises(LsMergeError, match="answered 39 items and the reference ref 40"):
+        paired_items(_harness_result("short", ref[:39])["scores"][0], results[0]["scores"][0], resamples=10, confidence=0.95, seed=0)

@@ -59,6 +59,7 @@ class TaskScore:
     stderr: float | None
     n_items: int
     model_path: str
+    items: tuple[float, ...] | None = None  # the metric on each item, in doc order (the unit of paired intervals)
 
 
 def require_lm_eval():
@@ -131,19 +132,31 @@ def task_manager(include_paths: list[str], *, own_tasks: bool):
 
 def run_tasks(lm, tasks: list[str], manager, *, limit: int | None, seed: int) -> dict:
     """lm-eval's `simple_evaluate` on `lm` with the tasks of `manager` (`task_manager`), zero-shot as
-    each task defines, no samples logged. Returns its results dict
-    ({"results": {task: {"acc,none": ..., "acc_stderr,none": ...}}, "n-samples": ...})."""
+    each task defines, with each item's metrics logged (`task_scores` keeps them for paired intervals).
+    Returns its results dict ({"results": {task: {"acc,none": ..., "acc_stderr,none": ...}},
+    "n-samples": ..., "samples": {task: [{"doc_id", "filter", "acc", ...}, ...]}})."""
     require_lm_eval()
     from lm_eval import simple_evaluate
 
-    return simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False,
+    return simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=True,
                            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
                            bootstrap_iters=1000)  # fmt: skip
 
 
+def item_values(samples: list[dict], metric: str, filt: str) -> tuple[float, ...] | None:
+    """One metric's value on every item of a task's logged samples (lm-eval's per-document records),
+    ordered by doc_id; None when a record lacks it or holds no number (an aggregate-only metric)."""
+    rows = sorted((s for s in samples if s.get("filter", filt) == filt), key=lambda s: s["doc_id"])
+    values = [s.get(metric) for s in rows]
+    if not rows or not all(isinstance(v, (int, float)) for v in values):  # a bool (acc of one item) counts as 0 / 1
+        return None
+    return tuple(float(v) for v in values)
+
+
 def task_scores(results: dict, model: str, model_path: str) -> list[TaskScore]:
     """The metrics of lm-eval's results as TaskScores ("acc,none" -> metric "acc"; a filter other than
-    "none" is kept as "metric,filter"); stderr None where lm-eval gives none ("N/A")."""
+    "none" is kept as "metric,filter"); stderr None where lm-eval gives none ("N/A"); each metric's
+    per-item values where the samples were logged (`item_values`)."""
     scores = []
     for task, metrics in results["results"].items():
         n = int(results.get("n-samples", {}).get(task, {}).get("effective", 0))
@@ -154,5 +167,6 @@ def task_scores(results: dict, model: str, model_path: str) -> list[TaskScore]:
             name = metric if filt == "none" else key
             stderr = metrics.get(f"{metric}_stderr,{filt}")
             stderr = float(stderr) if isinstance(stderr, (int, float)) else None
-            scores.append(TaskScore(model, task, name, float(value), stderr, n, model_path))
+            items = item_values(results.get("samples", {}).get(task, []), metric, filt)
+            scores.append(TaskScore(model, task, name, float(value), stderr, n, model_path, items))
     return scores

@@ -94,11 +94,13 @@ def format_scores(scores: list[TaskScore]) -> str:
 
 
 def write_scores(scores: list[TaskScore], settings: dict, out: str) -> tuple[Path, Path]:
-    """`<out>.json` ({"settings", "results"}) and `<out>.csv` (a folder: lm_eval.json / .csv), both or neither."""
+    """`<out>.json` ({"settings", "results"}: every TaskScore, per-item values included) and `<out>.csv`
+    (the same without per-item values; a folder: lm_eval.json / .csv), both or neither."""
     json_path, csv_path = output_paths(out, stem="lm_eval")
     rows = [asdict(s) for s in scores]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(TaskScore.__dataclass_fields__), lineterminator="\n")
+    columns = [f for f in TaskScore.__dataclass_fields__ if f != "items"]  # per-item values: the JSON only
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     with atomic_paths(json_path, csv_path) as (json_tmp, csv_tmp):

@@ -3,6 +3,7 @@
     harness:
       tasks: [continuation_shakespeare, continuation_python]   # any name `lsmerge evaluate --tasks` takes
       rows: [base, expert 1, weight linear 0.5, hidden SLERP]   # checkpoint rows and hidden-state rows
+      reference: weight linear 0.5      # the row every other is compared with (default: the first row)
       task_items: 50                    # items per continuation task (default 100)
       batch_size: 8
 
@@ -10,8 +11,16 @@ Each row runs as one `lsmerge evaluate` on its checkpoint (`--models`) or its hi
 (`--mixes`, the residual stream mixed during the forward, so representation merges are scored like
 weight merges), on the plan's eval split and corpora root, seeded with the plan's seed; the
 result is cached under `<out_dir>/harness/<row>.json`, keyed by the row's model and the settings.
-The section reports each metric as value ± lm-eval's standard error; no better / worse is claimed
-from it (no paired interval; the perplexity tables carry those).
+
+The section reports each metric as value ± lm-eval's standard error, and each row's difference to
+the reference with a paired bootstrap interval over items: every row answers the same items, so
+with a_r[i] the metric on item i (accuracy: 0 or 1),
+
+    d = mean_i a_row[i] - mean_i a_ref[i],   resampled over items with the same draws for both rows
+
+(`lsmerge.evaluate.intervals.paired_difference` with one "token" per item; the plan's bootstrap
+settings and seed, one resampling per task). Higher is better for these metrics: "better" when the
+whole interval is above 0, "worse" when below, else "level".
 """
 
 from __future__ import annotations
@@ -22,23 +31,28 @@ from pathlib import Path
 from typing import Callable
 
 from lsmerge.errors import LsMergeError
+from lsmerge.evaluate.intervals import Interval, WindowScores, domain_seed, paired_difference
 from lsmerge.io.atomic import write_text_atomic
 
-KEYS = {"tasks", "rows", "task_items", "task_choices", "batch_size"}
+KEYS = {"tasks", "rows", "reference", "task_items", "task_choices", "batch_size"}
+ITEMS_FORMAT = 2  # results hold per-item values (older cached results are redone)
 
 
 def check_harness(spec, row_names: set[str], where: str) -> dict:
     """The plan's `harness` section, checked before any work: tasks and rows non-empty lists, rows
     known, sizes positive integers."""
     if not isinstance(spec, dict) or set(spec) - KEYS or not {"tasks", "rows"} <= set(spec):
-        raise LsMergeError(f"{where}: harness must be {{tasks: [...], rows: [...]}} with optional task_items, task_choices, "
-                           f"batch_size; got {spec!r}.")
+        raise LsMergeError(f"{where}: harness must be {{tasks: [...], rows: [...]}} with optional reference, task_items, "
+                           f"task_choices, batch_size; got {spec!r}.")
     for key in ("tasks", "rows"):
         if not isinstance(spec[key], list) or not spec[key] or not all(isinstance(v, str) for v in spec[key]):
             raise LsMergeError(f"{where}: harness.{key} must be a non-empty list of names, got {spec[key]!r}.")
     unknown = [r for r in spec["rows"] if r not in row_names]
     if unknown:
         raise LsMergeError(f"{where}: harness.rows: no row named {unknown[0]!r}.")
+    if "reference" in spec and spec["reference"] not in spec["rows"]:
+        raise LsMergeError(f"{where}: harness.reference {spec['reference']!r} is not one of harness.rows {spec['rows']}; "
+                           "name one of them (or leave it out: the first row).")
     for key in ("task_items", "task_choices", "batch_size"):
         v = spec.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (2 if key == "task_choices" else 1)):
@@ -79,7 +93,7 @@ def run_harness(spec: dict, built: dict[str, dict], slugs: dict[str, str], setti
             raise not_cached(name)
         stem = out_dir / "harness" / slugs[name]
         argv = evaluate_argv(spec, name, built[name], settings, seed, stem)
-        key = hashlib.sha256(json.dumps([built[name]["key"], argv], sort_keys=True).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([built[name]["key"], argv, ITEMS_FORMAT], sort_keys=True).encode()).hexdigest()[:16]
         stamp, result = stem.parent / f"{stem.name}.stamp.json", stem.parent / f"{stem.name}.json"  # slugs hold dots
         try:
             cached = json.loads(stamp.read_text())
@@ -98,18 +112,56 @@ def run_harness(spec: dict, built: dict[str, dict], slugs: dict[str, str], setti
     return results
 
 
-def harness_lines(spec: dict, results: list[dict]) -> list[str]:
-    """Markdown: one row per plan row, one column per task / metric, value ± stderr; the items scored."""
+def paired_items(row: dict, ref: dict, *, resamples: int, confidence: float, seed: int) -> Interval | None:
+    """Interval of mean(row items) - mean(reference items) over the same items (paired bootstrap, seeded
+    per task); None when either score lacks per-item values. Different item counts are an error."""
+    if row.get("items") is None or ref.get("items") is None:
+        return None
+    if len(row["items"]) != len(ref["items"]):
+        raise LsMergeError(f"harness task {row['task']}: {row['model']} answered {len(row['items'])} items and the reference "
+                           f"{ref['model']} {len(ref['items'])}; paired intervals need the same items (same task_items and split).")
+    ones = [1.0] * len(row["items"])
+    return paired_difference(WindowScores.of(row["items"], ones), WindowScores.of(ref["items"], ones),
+                             resamples=resamples, seed=domain_seed(seed, row["task"]), confidence=confidence)  # fmt: skip
+
+
+def _verdict(iv: Interval) -> str:
+    """Higher is better for these metrics (the interval is of row - reference)."""
+    return "better" if iv.low > 0 else "worse" if iv.high < 0 else "level"
+
+
+def harness_lines(spec: dict, results: list[dict], bootstrap: dict | None = None, seed: int = 0) -> list[str]:
+    """Markdown: one row per plan row, one column per task / metric, value ± stderr, and each row's paired
+    interval of its difference to the reference row (better / level / worse from the interval only)."""
+    boot = {"resamples": 2000, "confidence": 0.95, **(bootstrap or {})}
     columns = list(dict.fromkeys((s["task"], s["metric"]) for r in results for s in r["scores"]))
     n = {s["task"]: s["n_items"] for r in results for s in r["scores"]}
+    ref_name = spec.get("reference", spec["rows"][0])
+    ref = next(r for r in results if r["row"] == ref_name)
+    ref_scores = {(s["task"], s["metric"]): s for s in ref["scores"]}
+    pct = f"{100 * boot['confidence']:g} %"
     head = "| row | " + " | ".join(f"{t} {m}" for t, m in columns) + " |"
     lines = [f"`lsmerge evaluate --tasks` (lm-evaluation-harness, zero-shot multiple choice) on the plan's held-out split: "
              + ", ".join(f"{t} ({n[t]} items, {spec.get('task_choices', 4)} choices, chance {1 / spec.get('task_choices', 4):.2f})"
                          for t in dict.fromkeys(t for t, _ in columns))
-             + ". Value ± lm-eval's standard error (not a paired interval: no row is called better or worse from this table).",
+             + f". Each cell: value ± lm-eval's standard error; below it, the difference to **{ref_name}** on the same items with "
+             f"its {pct} paired bootstrap interval over items ({boot['resamples']} resamples) and the verdict read from that "
+             "interval only (higher is better).",
              "", head, "|" + " --- |" * (head.count("|") - 1)]
     for r in results:
-        cell = {(s["task"], s["metric"]): f"{s['value']:.3f}" + (f" ± {s['stderr']:.3f}" if s["stderr"] is not None else "")
-                for s in r["scores"]}
-        lines.append(f"| {r['row']} | " + " | ".join(cell.get(c, "") for c in columns) + " |")
+        cells = []
+        for s in (next((s for s in r["scores"] if (s["task"], s["metric"]) == c), None) for c in columns):
+            if s is None:
+                cells.append("")
+                continue
+            text = f"{s['value']:.3f}" + (f" ± {s['stderr']:.3f}" if s["stderr"] is not None else "")
+            ref_s = ref_scores.get((s["task"], s["metric"]))
+            iv = None if r["row"] == ref_name or ref_s is None else paired_items(
+                s, ref_s, resamples=boot["resamples"], confidence=boot["confidence"], seed=seed)
+            if r["row"] == ref_name:
+                text += "<br>reference"
+            elif iv is not None:
+                text += f"<br>{iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}] {_verdict(iv)}"
+            cells.append(text)
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
     return lines

@@ -22,9 +22,9 @@ With `--importance` every row also states its output-weighted relative error.
 
 Scoring is the results pipeline's: `lsmerge.evaluate.perplexity.encode_text` and
 `perplexity_of_ids` on `<root>/corpora/<corpus>/<split>.txt`, the first `max_tokens` tokens,
-windows of `max_length` moved by `stride`, float32 on CPU (`configs/results/smollm2.yaml`:
+windows of `max_length` moved by `stride`, float32 on CPU (`configs/results/smollm2_codec.yaml`:
 test split, 2048 tokens, 512 / 512). The default split here is validation; the test split is
-for RESULTS.md only.
+for the results plans only.
 
 The relative error of a row is the global one, sqrt(sum ||E||^2 / sum ||W||^2) over the
 tensors, and the mean of the per-tensor ratios. Writes `<out>/noise_calibration.json`, a CSV and

@@ -11,7 +11,7 @@
 
 With `--with-vae` the old path runs too: inspect the weights' kurtosis, fit the weight VAE for
 `--fit-minutes`, export its reconstruction and an LS-Merge self-merge through it (3+ minutes more;
-the reconstruction's perplexity is far off, see RESULTS.md).
+the reconstruction's perplexity is far off, see RESULTS_codec.md).
 
 Everything lands under checkpoints/demo/ (git-ignored), apart from the fetched model and corpora.
 The demo's experts are checkpoints/demo/expert-*; they are not the results plan's experts

@@ -2,6 +2,10 @@
 
     .venv/bin/python scripts/reproduce.py [--plan configs/results/smollm2.yaml]
 
+The default plan writes RESULTS.md (self-merge, the two experts merged, judge, lm-eval); its
+companions `configs/results/smollm2_codec.yaml` (RESULTS_codec.md) and
+`configs/results/smollm2_hetero_modules.yaml` (RESULTS_hetero_modules.md) share its cache.
+
 Runs the plan (see `lsmerge.results.plan`): fetches the models and corpora and builds the
 experts when missing, trains the VAE runs, builds and scores every row, runs the hidden-state
 sweep, the kurtosis figures and the pairwise judge, then writes the table (`results:`) and the

@@ -453,6 +453,15 @@ def test_harness_section_scores_a_checkpoint_and_a_hidden_state_row(world, tmp_p
     said.clear()
     Runner(load_plan(path), say=said.append).run()
     assert not any(s.startswith("harness ") for s in said)  # cached
+    # a result written before per-item values were kept is redone (once)
+    results = [p for p in (tmp_path / "out" / "harness").glob("*.json") if not p.name.endswith(".stamp.json")]
+    stale = next(p for p in results if json.loads(p.read_text())["settings"]["mixes"])  # the hidden-state row's
+    data = json.loads(stale.read_text())
+    data["settings"].pop("item_values")
+    stale.write_text(json.dumps(data))
+    said.clear()
+    Runner(load_plan(path), say=said.append).run()
+    assert [s.split(":")[0] for s in said if s.startswith("harness ")] == ["harness hidden SLERP"]
     # a task name that resolves nowhere stops the run before any row is built, naming the available ones
     plan.update(out_dir=str(tmp_path / "never"), harness={**plan["harness"], "tasks": ["continuation_klingon"]})
     path.write_text(yaml.safe_dump(plan, sort_keys=False))

@@ -10,7 +10,8 @@
 Each row runs as one `lsmerge evaluate` on its checkpoint (`--models`) or its hidden-state mix
 (`--mixes`, the residual stream mixed during the forward, so representation merges are scored like
 weight merges), on the plan's eval split and corpora root, seeded with the plan's seed; the
-result is cached under `<out_dir>/harness/<row>.json`, keyed by the row's model and the settings.
+result is cached under `<out_dir>/harness/<row>.json`, keyed by the row's model and the settings
+(a result written without each item's metric, before they were kept, is redone).
 
 The section reports each metric as value ± lm-eval's standard error, and each row's difference to
 the reference with a paired bootstrap interval over items: every row answers the same items, so
@@ -35,7 +36,6 @@ from lsmerge.evaluate.intervals import Interval, WindowScores, domain_seed, pair
 from lsmerge.io.atomic import write_text_atomic
 
 KEYS = {"tasks", "rows", "reference", "task_items", "task_choices", "batch_size"}
-ITEMS_FORMAT = 2  # results hold per-item values (older cached results are redone)
 
 
 def check_harness(spec, row_names: set[str], where: str) -> dict:
@@ -83,6 +83,15 @@ def evaluate_argv(spec: dict, name: str, built: dict, settings: dict, seed: int,
     return [*argv, "--models", json.dumps([built["path"]])]
 
 
+def _with_items(result: Path) -> bool:
+    """A result written with each item's metric (`lsmerge evaluate` records it in its settings); one
+    written before, without them, is redone."""
+    try:
+        return bool(json.loads(result.read_text())["settings"].get("item_values"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def run_harness(spec: dict, built: dict[str, dict], slugs: dict[str, str], settings: dict, seed: int, out_dir: Path,
                 run: Callable[[list[str], Path], float], say=print, partial: bool = False, not_cached=KeyError) -> list[dict]:
     """One cached `lsmerge evaluate` per row of `spec["rows"]`: [{"row", "scores": [TaskScore dicts], "seconds"}].
@@ -93,13 +102,13 @@ def run_harness(spec: dict, built: dict[str, dict], slugs: dict[str, str], setti
             raise not_cached(name)
         stem = out_dir / "harness" / slugs[name]
         argv = evaluate_argv(spec, name, built[name], settings, seed, stem)
-        key = hashlib.sha256(json.dumps([built[name]["key"], argv, ITEMS_FORMAT], sort_keys=True).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([built[name]["key"], argv], sort_keys=True).encode()).hexdigest()[:16]
         stamp, result = stem.parent / f"{stem.name}.stamp.json", stem.parent / f"{stem.name}.json"  # slugs hold dots
         try:
             cached = json.loads(stamp.read_text())
         except (OSError, ValueError):
             cached = None
-        if not (cached and cached.get("key") == key and result.is_file()):
+        if not (cached and cached.get("key") == key and _with_items(result)):
             if partial:
                 raise not_cached(f"harness {name}")
             say(f"harness {name}: lsmerge {' '.join(argv)}")

@@ -50,7 +50,7 @@ def test_checkpoint_and_beta_zero_mix_score_alike(tiny_world, corpus_root, tmp_p
         assert sum(base["items"]) / 8 == pytest.approx(base["value"]) and mix0["items"] == base["items"]
     assert "continuation_tiny/acc" in printed and "mix0" in printed
     settings = json.loads((out.with_suffix(".json")).read_text())["settings"]
-    assert settings["task_spec"]["items"] == 8 and settings["mixes"][0]["beta"] == 0.0 and settings["item_values"] is True
+    assert settings["task_spec"]["items"] == 8 and settings["mixes"][0]["beta"] == 0.0
 
 
 def _loglikelihoods(lm, requests):

@@ -163,8 +163,7 @@ def evaluate_tasks(*, models: list[str], mixes: list[HiddenMix], tasks: list[str
     print(format_scores(scores))
     if out is not None:
         settings = {"tasks": names, "split": split, "task_spec": asdict(spec), "limit": limit, "batch_size": batch_size,
-                    "dtype": dtype_name, "seed": seed, "mixes": [asdict(m) for m in mixes],
-                    "item_values": True}  # each score holds its per-item values (`items`)  # fmt: skip
+                    "dtype": dtype_name, "seed": seed, "mixes": [asdict(m) for m in mixes]}  # fmt: skip
         json_path, csv_path = write_scores(scores, settings, out)
         print(f"wrote {json_path} and {csv_path}")
     return scores

@@ -84,11 +84,12 @@ def evaluate_argv(spec: dict, name: str, built: dict, settings: dict, seed: int,
 
 
 def _with_items(result: Path) -> bool:
-    """A result written with each item's metric (`lsmerge evaluate` records it in its settings); one
-    written before, without them, is redone."""
+    """A result whose every score carries its per-item values (`items`, None for a metric lm-eval gives
+    no per-item number for); one written before they were kept lacks the key and is redone."""
     try:
-        return bool(json.loads(result.read_text())["settings"].get("item_values"))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        scores = json.loads(result.read_text())["results"]
+        return bool(scores) and all("items" in s for s in scores)
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 

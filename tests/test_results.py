@@ -136,6 +136,8 @@ def test_pipeline_end_to_end_and_cached(world, tmp_path):
     root, paths = world
     plan_path = tmp_path / "plan.yaml"
     plan_path.write_text(yaml.safe_dump(_plan(root, paths), sort_keys=False))
+    (root / "plots").mkdir(exist_ok=True)
+    (root / "plots" / "kurtosis_base.png").write_bytes(b"a stale plot, e.g. one committed with the repository")
     summary = Runner(load_plan(plan_path), say=lambda s: None).run()
     text = Path(summary["results"]).read_text()
     for title in ("1. Reconstruction", "2. Self-merge", "3. Experts", "4. Heterogeneous", "5. Layers", "Pairwise judge", "What the numbers show"):
@@ -320,6 +322,7 @@ def test_derived_fit_config_and_ratio():
         (lambda p: p["prepare"][0].update(cost_records={"files": ["a.json"], "field": 3}), "cost_records must be"),
         (lambda p: p["prepare"][0].pop("creates"), "must have argv and creates"),
         (lambda p: p["prepare"][0].update(when="later"), "must have argv and creates"),
+        (lambda p: p["prepare"][0].update(creates=[]), "creates must be a path or a non-empty list of paths"),
         (lambda p: p.update(time_budget_hours=0), "time_budget_hours must be a positive number"),
         (lambda p: p.update(time_budget_hours="3h"), "time_budget_hours must be a positive number"),
     ],
@@ -350,6 +353,25 @@ def test_prepare_step_marked_always_runs_even_when_its_output_exists(tmp_path):
                 prepare=[{"argv": step, "creates": str(made)}, {"argv": step, "creates": str(made), "always": True}])
     Runner(plan, say=lambda s: None).prepare()
     assert log.read_text() == "ran\n"
+
+
+def test_prepare_step_with_several_outputs_runs_while_any_is_missing(tmp_path):
+    """`creates` may list paths: the step runs when one is missing (a fetch of models and corpora whose
+    models are there but not the corpora), is skipped when all exist, and a run that leaves one out fails."""
+    from lsmerge.results.pipeline import Runner
+    from lsmerge.results.plan import Plan
+
+    a, b, log = tmp_path / "a", tmp_path / "b", tmp_path / "log"
+    a.write_text("")
+    step = ["python", "-c", f"open({str(log)!r}, 'a').write('ran\\n'); open({str(b)!r}, 'w')"]
+    plan = Plan(out_dir=str(tmp_path / "out"), results=str(tmp_path / "R.md"), plots_dir=str(tmp_path), eval={}, rows=[],
+                prepare=[{"argv": step, "creates": [str(a), str(b)]}])
+    Runner(plan, say=lambda s: None).prepare()
+    Runner(plan, say=lambda s: None).prepare()
+    assert log.read_text() == "ran\n" and b.exists()
+    plan.prepare[0]["creates"] = [str(a), str(tmp_path / "never")]
+    with pytest.raises(LsMergeError, match="did not create .*never"):
+        Runner(plan, say=lambda s: None).prepare()
 
 
 def test_partial_run_computes_nothing_and_lists_the_rows_it_leaves_out(world, tmp_path):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lsmerge.errors import LsMergeError
 from lsmerge.io.atomic import write_text_atomic
-from lsmerge.results.plan import Plan, Row, cli_value, substitute
+from lsmerge.results.plan import Plan, Row, cli_value, prepare_creates, substitute
 from lsmerge.results.checkpoint_content import checkpoint_content_key, weight_errors
 from lsmerge.results.cost import KINDS, StepCost, field_seconds
 from lsmerge.results.harness_rows import check_tasks, run_harness
@@ -101,8 +101,8 @@ class Runner:
 
     def prepare(self) -> None:
         for step in self.plan.prepare:
-            creates = Path(substitute(step["creates"], self.names))
-            existed = creates.exists()
+            creates = [Path(c) for c in substitute(prepare_creates(step), self.names)]
+            existed = all(c.exists() for c in creates)
             if existed and not step.get("always", False):
                 continue
             argv = [str(a) for a in substitute(step["argv"], self.names)]
@@ -113,8 +113,8 @@ class Runner:
             self.say(f"prepare: {' '.join(argv)}")
             start = time.perf_counter()
             subprocess.run(argv, check=True)
-            if not creates.exists():
-                raise LsMergeError(f"prepare step {step['argv']} ran but did not create {creates}.")
+            if missing := [str(c) for c in creates if not c.exists()]:
+                raise LsMergeError(f"prepare step {step['argv']} ran but did not create {', '.join(missing)}.")
             if not existed:  # it did the work (a re-run of an `always` step only checks it): keep its time
                 _write_json(self._prepare_stamp(step), {"argv": step["argv"], "seconds": time.perf_counter() - start})
 
@@ -302,17 +302,22 @@ class Runner:
         return dst
 
     def inspect(self) -> list[Path]:
+        """The kurtosis figure of each model, made under out_dir (a plot already in plots_dir, e.g. one
+        committed with the repository, is not taken for this run's) and copied to plots_dir."""
         plots = []
         for spec in self.plan.inspect:
             model = Path(substitute(spec, self.names))
-            dst = Path(self.plan.plots_dir) / f"kurtosis_{model.name}.png"
-            if not dst.is_file():
+            stamp = self._inspect_stamp(model)
+            made, dst = stamp.with_suffix(".png"), Path(self.plan.plots_dir) / f"kurtosis_{model.name}.png"
+            if not (stamp.is_file() and made.is_file()):
                 if self.partial:
                     continue
-                dst.parent.mkdir(parents=True, exist_ok=True)
+                made.parent.mkdir(parents=True, exist_ok=True)
                 self.say(f"inspect {model}")
-                seconds = run_lsmerge(["inspect", "--model", str(model), "--plot", str(dst)], self.logs / f"inspect-{model.name}.log")
-                _write_json(self._inspect_stamp(model), {"seconds": seconds})
+                seconds = run_lsmerge(["inspect", "--model", str(model), "--plot", str(made)], self.logs / f"inspect-{model.name}.log")
+                _write_json(stamp, {"seconds": seconds})
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(made, dst)
             plots.append(dst)
         return plots
 

@@ -10,7 +10,7 @@ named paths as `{name}`: the plan's `models` and, for each VAE run, `{vae:<run n
     plots_dir: results                  # PNG plots
     seed: 0
     models: {base: checkpoints/base/smollm2-135m-instruct, ...}
-    prepare:                            # commands run when `creates` is missing (always: true runs
+    prepare:                            # commands run when `creates` (a path or a list) is missing (always: true runs
                                         # them every time: for commands that skip finished work
                                         # themselves and must check it, e.g. experts of a budget)
       - {argv: [lsmerge, fetch], creates: checkpoints/base/smollm2-135m-instruct/config.json}
@@ -205,6 +205,11 @@ def _check_row(r: Row, where: str) -> None:
 WEIGHT_ERROR_KEYS = {"against", "kinds", "importance"}
 
 
+def prepare_creates(step: dict) -> list[str]:
+    """A prepare step's `creates`: one path or a list of them (the step runs when any is missing)."""
+    return step["creates"] if isinstance(step["creates"], list) else [step["creates"]]
+
+
 def _check_weight_error(plan: Plan, p: Path) -> None:
     """weight_error names groups of the plan, known keys and a row of the group that comes before the
     rows it is compared with (it is built first)."""
@@ -302,6 +307,9 @@ def load_plan(path: str | Path) -> Plan:
         if not isinstance(step, dict) or not {"argv", "creates"} <= set(step) or set(step) - PREPARE_KEYS:
             raise LsMergeError(f"results plan {p}: prepare[{i}] must have argv and creates (and optionally always, "
                                f"cost_records), got {step!r}.")
+        made = step["creates"]
+        if not (isinstance(made, str) or isinstance(made, list) and made and all(isinstance(c, str) for c in made)):
+            raise LsMergeError(f"results plan {p}: prepare[{i}].creates must be a path or a non-empty list of paths, got {made!r}.")
         if "cost_records" in step:
             check_cost_records(step["cost_records"], f"results plan {p}: prepare[{i}]")
     if plan.harness is not None:

@@ -85,6 +85,6 @@ def ledger_lines(costs: list[StepCost], budget_hours: float | None = None) -> li
             "over" if total > budget_hours * 3600 else "not decidable (steps without a record)"
         lines[-1] += f" Against the {budget_hours:g} h target: {verdict}."
     if unknown:
-        lines += ["", "Steps without a recorded time (made before times were kept, or by hand): "
+        lines += ["", "Steps without a recorded time (their output was already there: made by another plan sharing the cache, by hand, or before times were kept): "
                   + "; ".join(f"{c.label} ({c.kind})" for c in unknown) + "."]
     return lines

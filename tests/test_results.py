@@ -527,7 +527,7 @@ def test_harness_intervals_are_paired_over_items_and_read_higher_as_better():
     up = [1.0 if i < 24 else v for i, v in enumerate(ref)]  # 12 of the wrong answers turned right
     results = [_harness_result("ref", ref), _harness_result("up", up), _harness_result("down", [1 - v for v in up]),
                _harness_result("copy", list(ref)), {"row": "old", "scores": [{**_harness_result("old", ref)["scores"][0], "items": None}]}]
-    lines = harness_lines({"tasks": ["t"], "rows": [r["row"] for r in results], "reference": "ref"}, results, {"resamples": 500}, seed=1)
+    lines = harness_lines({"tasks": ["t"], "rows": [r["row"] for r in results], "reference": "ref"}, results, {"resamples": 500, "confidence": 0.95}, seed=1)
     cell = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "---" not in line}
     assert "<br>reference" in cell["ref"]
     assert re.search(r"<br>\+0\.300 \[\+0\.\d{3}, \+0\.\d{3}\] better", cell["up"]), cell["up"]

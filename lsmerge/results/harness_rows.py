@@ -83,14 +83,14 @@ def evaluate_argv(spec: dict, name: str, built: dict, settings: dict, seed: int,
     return [*argv, "--models", json.dumps([built["path"]])]
 
 
-def _with_items(result: Path) -> bool:
-    """A result whose every score carries its per-item values (`items`, None for a metric lm-eval gives
-    no per-item number for); one written before they were kept lacks the key and is redone."""
+def _itemised(result: Path) -> list[dict] | None:
+    """The scores of a result whose every score carries its per-item values (`items`, None for a metric
+    lm-eval gives no per-item number for); None for a missing result or one written before they were kept."""
     try:
         scores = json.loads(result.read_text())["results"]
-        return bool(scores) and all("items" in s for s in scores)
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return None
+    return scores if scores and all("items" in s for s in scores) else None
 
 
 def run_harness(spec: dict, built: dict[str, dict], slugs: dict[str, str], settings: dict, seed: int, out_dir: Path,
@@ -109,7 +109,8 @@ def run_harness(spec: dict, built: dict[str, dict], slugs: dict[str, str], setti
             cached = json.loads(stamp.read_text())
         except (OSError, ValueError):
             cached = None
-        if not (cached and cached.get("key") == key and _with_items(result)):
+        scores = _itemised(result) if cached and cached.get("key") == key else None
+        if scores is None:
             if partial:
                 raise not_cached(f"harness {name}")
             say(f"harness {name}: lsmerge {' '.join(argv)}")
@@ -117,7 +118,7 @@ def run_harness(spec: dict, built: dict[str, dict], slugs: dict[str, str], setti
             seconds = run(argv, out_dir / "logs" / f"harness-{slugs[name]}.log")
             write_text_atomic(stamp, json.dumps({"key": key, "seconds": seconds}) + "\n")
             cached = {"seconds": seconds}
-        scores = json.loads(result.read_text())["results"]
+            scores = json.loads(result.read_text())["results"]
         results.append({"row": name, "scores": scores, "seconds": cached.get("seconds")})
     return results
 
@@ -140,10 +141,10 @@ def _verdict(iv: Interval) -> str:
     return "better" if iv.low > 0 else "worse" if iv.high < 0 else "level"
 
 
-def harness_lines(spec: dict, results: list[dict], bootstrap: dict | None = None, seed: int = 0) -> list[str]:
+def harness_lines(spec: dict, results: list[dict], boot: dict, seed: int = 0) -> list[str]:
     """Markdown: one row per plan row, one column per task / metric, value ± stderr, and each row's paired
-    interval of its difference to the reference row (better / level / worse from the interval only)."""
-    boot = {"resamples": 2000, "confidence": 0.95, **(bootstrap or {})}
+    interval of its difference to the reference row (better / level / worse from the interval only);
+    `boot`: the plan's bootstrap settings with their defaults ({resamples, confidence})."""
     columns = list(dict.fromkeys((s["task"], s["metric"]) for r in results for s in r["scores"]))
     n = {s["task"]: s["n_items"] for r in results for s in r["scores"]}
     ref_name = spec.get("reference", spec["rows"][0])
@@ -166,11 +167,9 @@ def harness_lines(spec: dict, results: list[dict], bootstrap: dict | None = None
                 continue
             text = f"{s['value']:.3f}" + (f" ± {s['stderr']:.3f}" if s["stderr"] is not None else "")
             ref_s = ref_scores.get((s["task"], s["metric"]))
-            iv = None if r["row"] == ref_name or ref_s is None else paired_items(
-                s, ref_s, resamples=boot["resamples"], confidence=boot["confidence"], seed=seed)
             if r["row"] == ref_name:
                 text += "<br>reference"
-            elif iv is not None:
+            elif ref_s and (iv := paired_items(s, ref_s, resamples=boot["resamples"], confidence=boot["confidence"], seed=seed)):
                 text += f"<br>{iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}] {_verdict(iv)}"
             cells.append(text)
         lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")

@@ -246,7 +246,7 @@ def write_report(plan: Plan, records: list[dict], extras: dict, settings: dict, 
                 counts = f"{s['wins']} | {s['ties']} | {s['losses']} | {s['score']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
             lines.append(f"| {j['a']} | {j['b']} | `{j['judge']}` | {s['pairs']} | {counts} | {s.get('position_flips', '')} |")
     if extras.get("harness"):
-        lines += ["", "## lm-evaluation-harness", "", *harness_lines(plan.harness, extras["harness"], plan.bootstrap, plan.seed)]
+        lines += ["", "## lm-evaluation-harness", "", *harness_lines(plan.harness, extras["harness"], boot, plan.seed)]
     lines += ["", "## What the numbers show", "", *findings(plan, sections, corpora)]
     biased = [j for j in extras.get("judge") or [] if judge_position_biased(j["summary"])]
     if biased:
